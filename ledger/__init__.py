@@ -1,0 +1,1 @@
+"""Ledger data model and storage: codec, crypto, transactions, blocks, store, state, executor."""

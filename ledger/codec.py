@@ -1,0 +1,109 @@
+"""The one canonical encoding for everything that is hashed or signed (DESIGN.md principle 3).
+
+Canonical msgpack: maps have `str` keys in sorted order, integers use the shortest form
+and fit in 64 bits, `bytes` are msgpack bin, strings are UTF-8, and there are no floats,
+no extension types and nothing after the value. Decoding is strict: any input that would
+not re-encode to exactly the same bytes is refused with a `CodecError`, so one value has
+exactly one byte form and a peer cannot smuggle a second one past a hash.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ledger.errors import CodecError
+
+# 4 MiB: larger than any block we build (see node limits), small enough to bound memory.
+DECODE_BYTES_MAX = 4 * 1024 * 1024
+DEPTH_MAX = 32
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
+# The JSON-like values the codec accepts.
+Value = None | bool | int | bytes | str | list[Any] | dict[str, Any]
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    if depth > DEPTH_MAX:
+        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
+    # bool before int: bool is a subclass of int.
+    if value is None or isinstance(value, bool | bytes | str):
+        return value
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise CodecError(f"integer {value} outside the 64-bit range")
+        return value
+    if isinstance(value, list | tuple):
+        return [_canonical(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise CodecError(f"map key {key!r} is not a string")
+        return {key: _canonical(value[key], depth + 1) for key in sorted(value)}
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise CodecError(f"type {type(value).__name__} cannot be encoded canonically")
+
+
+def encode(value: Any) -> bytes:
+    """Canonical bytes of `value`; raises CodecError for floats, non-str keys and the like."""
+    packed: bytes = msgpack.packb(_canonical(value, 0), use_bin_type=True)
+    return packed
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise CodecError(f"msgpack extension type {code} is not allowed")
+
+
+def _check_decoded(value: Any, depth: int) -> None:
+    if depth > DEPTH_MAX:
+        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
+    if isinstance(value, float):
+        raise CodecError("floats are not allowed")
+    if isinstance(value, list):
+        for item in value:
+            _check_decoded(item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_decoded(item, depth + 1)
+
+
+def decode(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> Any:
+    """Decode canonical bytes, or raise CodecError with the reason; never another exception."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise CodecError(f"input of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    if not data:
+        raise CodecError("empty input")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+        )
+    except CodecError:
+        raise
+    except msgpack.ExtraData as exc:
+        raise CodecError("trailing bytes after the value") from exc
+    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+        raise CodecError(f"not valid msgpack: {exc}") from exc
+    except RecursionError as exc:
+        raise CodecError("value nested too deeply") from exc
+    _check_decoded(value, 0)
+    if encode(value) != data:
+        raise CodecError("bytes are not in canonical form")
+    return value
+
+
+def decode_map(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> dict[str, Any]:
+    """Decode canonical bytes that must hold a map."""
+    value = decode(data, max_bytes=max_bytes)
+    if not isinstance(value, dict):
+        raise CodecError(f"expected a map, got {type(value).__name__}")
+    return value

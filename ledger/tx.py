@@ -1,0 +1,155 @@
+"""The transaction envelope: what a client signs and what the ledger orders.
+
+Wire form (canonical msgpack map, docs/PROTOCOL.md):
+    {"chain_id": str, "family": str, "op": str, "sender": bytes32, "nonce": int,
+     "payload": map, "sig": bytes64}
+The signature covers `signing_payload("tx", chain_id, <the map without "sig">)`.
+The transaction hash is SHA-256 of the whole signed wire form.
+`nonce` is the sender's sequence number: the first transaction of a key has nonce 0 and
+each next one is exactly one more, so a signed transaction can be applied at most once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.codec import decode_map, encode
+from ledger.crypto import (
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    KeyPair,
+    address_of,
+    sha256,
+    signing_payload,
+    verify,
+)
+from ledger.errors import CodecError
+
+TX_BYTES_MAX = 64 * 1024
+NONCE_MAX = 2**63 - 1
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TX_FIELDS = frozenset({"chain_id", "family", "op", "sender", "nonce", "payload", "sig"})
+CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TxError:
+    """Why a transaction was refused: a stable code and a readable reason."""
+
+    code: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """A transaction whose encoding and signature have been checked."""
+
+    chain_id: str
+    family: str
+    op: str
+    sender: bytes
+    nonce: int
+    payload: dict[str, Any]
+    signature: bytes
+    raw: bytes
+    hash: bytes
+
+    @property
+    def sender_address(self) -> str:
+        return address_of(self.sender)
+
+    def unsigned_body(self) -> dict[str, Any]:
+        return unsigned_body(
+            self.chain_id, self.family, self.op, self.sender, self.nonce, self.payload
+        )
+
+
+def unsigned_body(
+    chain_id: str, family: str, op: str, sender: bytes, nonce: int, payload: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "chain_id": chain_id,
+        "family": family,
+        "op": op,
+        "sender": sender,
+        "nonce": nonce,
+        "payload": payload,
+    }
+
+
+def sign_tx(
+    key: KeyPair, chain_id: str, family: str, op: str, nonce: int, payload: dict[str, Any]
+) -> Tx:
+    """Build and sign a transaction (what a client does)."""
+    body = unsigned_body(chain_id, family, op, key.public_key, nonce, payload)
+    signature = key.sign(signing_payload("tx", chain_id, body))
+    raw = encode({**body, "sig": signature})
+    if len(raw) > TX_BYTES_MAX:
+        raise CodecError(f"transaction of {len(raw)} bytes exceeds {TX_BYTES_MAX}")
+    return Tx(chain_id, family, op, key.public_key, nonce, body["payload"], signature, raw,
+              sha256(raw))
+
+
+def _shape_error(data: dict[str, Any]) -> TxError | None:
+    keys = set(data)
+    if keys != TX_FIELDS:
+        missing = sorted(TX_FIELDS - keys)
+        extra = sorted(keys - TX_FIELDS)
+        return TxError("tx_malformed", f"fields missing {missing}, unexpected {extra}")
+    checks: list[tuple[bool, str]] = [
+        (isinstance(data["chain_id"], str), "chain_id must be a string"),
+        (isinstance(data["family"], str) and bool(NAME_PATTERN.match(data["family"])),
+         "family must match [a-z][a-z0-9_]{0,31}"),
+        (isinstance(data["op"], str) and bool(NAME_PATTERN.match(data["op"])),
+         "op must match [a-z][a-z0-9_]{0,31}"),
+        (isinstance(data["sender"], bytes) and len(data["sender"]) == PUBLIC_KEY_BYTES,
+         "sender must be a 32-byte Ed25519 public key"),
+        (type(data["nonce"]) is int and 0 <= data["nonce"] <= NONCE_MAX,
+         "nonce must be an integer in [0, 2^63-1]"),
+        (isinstance(data["payload"], dict), "payload must be a map"),
+        (isinstance(data["sig"], bytes) and len(data["sig"]) == SIGNATURE_BYTES,
+         "sig must be a 64-byte Ed25519 signature"),
+    ]
+    for ok, reason in checks:
+        if not ok:
+            return TxError("tx_malformed", reason)
+    return None
+
+
+def decode_tx(data: bytes) -> Tx | TxError:
+    """Decode and shape-check a transaction without checking its signature."""
+    if len(data) > TX_BYTES_MAX:
+        return TxError("tx_too_large", f"{len(data)} bytes exceeds the {TX_BYTES_MAX}-byte limit")
+    try:
+        fields = decode_map(data, max_bytes=TX_BYTES_MAX)
+    except CodecError as exc:
+        return TxError("tx_malformed", exc.reason)
+    problem = _shape_error(fields)
+    if problem is not None:
+        return problem
+    raw = bytes(data)
+    return Tx(fields["chain_id"], fields["family"], fields["op"], fields["sender"],
+              fields["nonce"], fields["payload"], fields["sig"], raw, sha256(raw))
+
+
+def check_signature(tx: Tx) -> TxError | None:
+    message = signing_payload("tx", tx.chain_id, tx.unsigned_body())
+    if not verify(tx.sender, message, tx.signature):
+        return TxError("bad_signature", "the signature does not match the sender's key")
+    return None
+
+
+def decode_and_verify(data: bytes, chain_id: str) -> Tx | TxError:
+    """The one way in for transaction bytes: a verified Tx, or the reason it is refused."""
+    tx = decode_tx(data)
+    if isinstance(tx, TxError):
+        return tx
+    if tx.chain_id != chain_id:
+        return TxError("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
+    problem = check_signature(tx)
+    return problem if problem is not None else tx

@@ -1,0 +1,1 @@
+"""txtypes package."""
