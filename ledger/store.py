@@ -1,0 +1,308 @@
+"""Append-only, hash-linked block store on LevelDB (plyvel), shared with the world state.
+
+One LevelDB database per node. The world state owns the prefixes b"s/" (state keys) and
+b"m/" (state metadata); this module owns every key below, and `append` writes a block,
+its certificate, tx index, receipts, the block's state changes and the tip pointer in ONE
+synced write batch. LevelDB applies a batch as one log record, so after kill -9 a reopen
+sees either all of a block or none of it, and the tip pointer always names a complete one.
+
+Key layout (H8 = height as 8-byte big-endian, I4 = tx index as 4-byte big-endian):
+
+    chain/genesis_hash       -> genesis hash (32 bytes)
+    chain/genesis_state_root -> state root after genesis (32 bytes)
+    chain/tip                -> H8 + tip block hash (32) + tip certificate seq (8, BE)
+    hdr/  + H8               -> canonical header bytes
+    tx/   + H8 + I4          -> signed tx wire bytes (the block is header + these, in order)
+    rcpt/ + H8 + I4          -> receipt bytes of that tx
+    cert/ + H8               -> canonical commit certificate bytes
+    hash/ + block hash       -> H8
+    txloc/ + tx hash         -> H8 + I4 of the tx's FIRST inclusion (a byzantine primary may
+                                re-include a committed tx; it then fails the nonce check and
+                                the index keeps pointing at the one that executed)
+
+Height 0 is genesis: it has a hash and a state root but no stored block or certificate.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import plyvel
+
+from ledger.block import Block, CommitCertificate, Header, receipts_root_of
+from ledger.crypto import HASH_BYTES, sha256
+from ledger.errors import LedgerError, invariant
+
+StateOp = tuple[bytes, bytes | None]
+
+STATE_PREFIXES = (b"s/", b"m/")
+GENESIS_HASH_KEY = b"chain/genesis_hash"
+GENESIS_STATE_ROOT_KEY = b"chain/genesis_state_root"
+TIP_KEY = b"chain/tip"
+HEADER_PREFIX = b"hdr/"
+TX_PREFIX = b"tx/"
+RECEIPT_PREFIX = b"rcpt/"
+CERT_PREFIX = b"cert/"
+BLOCK_HASH_PREFIX = b"hash/"
+TX_LOCATION_PREFIX = b"txloc/"
+STORE_PREFIXES = (b"chain/", HEADER_PREFIX, TX_PREFIX, RECEIPT_PREFIX, CERT_PREFIX,
+                  BLOCK_HASH_PREFIX, TX_LOCATION_PREFIX)
+RANGE_BLOCKS_MAX = 256
+
+_H8 = struct.Struct(">Q")
+_LOCATION = struct.Struct(">QI")
+_TIP = struct.Struct(">Q32sQ")
+
+
+class StoreError(LedgerError):
+    """A block or genesis the store refuses, or a store it cannot open; nothing was written."""
+
+    code = "store_error"
+
+
+def _h8(height: int) -> bytes:
+    return _H8.pack(height)
+
+
+def _location_key(prefix: bytes, height: int, index: int) -> bytes:
+    return prefix + _LOCATION.pack(height, index)
+
+
+def _check_ops(ops: Iterable[StateOp], *, state: bool) -> list[StateOp]:
+    checked: list[StateOp] = []
+    for key, value in ops:
+        if not isinstance(key, bytes) or not (value is None or isinstance(value, bytes)):
+            raise StoreError("a write op is (bytes key, bytes value or None)", code="bad_op")
+        if state and not key.startswith(STATE_PREFIXES):
+            raise StoreError(f"state key {key!r} is outside the state prefixes", code="bad_op")
+        if key.startswith(STORE_PREFIXES):
+            raise StoreError(f"key {key!r} is reserved for the block store", code="bad_op")
+        checked.append((key, value))
+    return checked
+
+
+class BlockStore:
+    """The node's block history; see the module docstring for the key layout."""
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self.db = db
+        self._tip: tuple[int, bytes, int] | None = self._read_tip()
+
+    @classmethod
+    def open(cls, path: Path) -> BlockStore:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = plyvel.DB(str(path), create_if_missing=True)
+        except (plyvel.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}", code="store_open") from exc
+        return cls(db)
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+
+    def __enter__(self) -> BlockStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def init_genesis(
+        self, genesis_hash: bytes, state_root: bytes, state_ops: Sequence[StateOp]
+    ) -> None:
+        """Record genesis and its initial state once; a no-op for the same genesis again."""
+        if len(genesis_hash) != HASH_BYTES or len(state_root) != HASH_BYTES:
+            raise StoreError("genesis hash and state root are 32 bytes each", code="bad_genesis")
+        existing = self.genesis_hash()
+        if existing is not None:
+            if existing != genesis_hash:
+                raise StoreError(
+                    f"store holds genesis {existing.hex()}, not {genesis_hash.hex()}",
+                    code="genesis_mismatch",
+                )
+            return
+        ops = _check_ops(state_ops, state=True)
+        batch = self.db.write_batch(sync=True)
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(GENESIS_HASH_KEY, genesis_hash)
+        batch.put(GENESIS_STATE_ROOT_KEY, state_root)
+        batch.put(TIP_KEY, _TIP.pack(0, genesis_hash, 0))
+        batch.write()
+        self._tip = (0, genesis_hash, 0)
+
+    def append(
+        self,
+        block: Block,
+        cert: CommitCertificate,
+        receipts: Sequence[bytes],
+        state_ops: Sequence[StateOp],
+        extra_ops: Sequence[StateOp] = (),
+    ) -> None:
+        """Commit the next block with everything it changed in one synced batch.
+
+        Refuses (StoreError, nothing written) a block that does not extend the tip, a
+        certificate for another block or an older sequence, or receipts that do not match.
+        """
+        if self._tip is None:
+            raise StoreError("the store has no genesis yet", code="store_uninitialised")
+        tip_height, tip_hash, tip_seq = self._tip
+        header = block.header
+        if header.height != tip_height + 1:
+            raise StoreError(f"block height {header.height} does not follow tip {tip_height}",
+                             code="wrong_height")
+        if header.prev_hash != tip_hash:
+            raise StoreError(f"block parent {header.prev_hash.hex()} is not the tip "
+                             f"{tip_hash.hex()}", code="wrong_parent")
+        if cert.block_hash != block.hash:
+            raise StoreError("the certificate is for another block", code="cert_mismatch")
+        if cert.seq <= tip_seq:
+            raise StoreError(f"certificate sequence {cert.seq} is not after {tip_seq}",
+                             code="cert_mismatch")
+        if cert.view < header.view:
+            raise StoreError(f"certificate view {cert.view} precedes the proposal view "
+                             f"{header.view}", code="cert_mismatch")
+        if len(receipts) != len(block.txs) or not all(isinstance(r, bytes) for r in receipts):
+            raise StoreError(f"{len(receipts)} receipts for {len(block.txs)} transactions",
+                             code="receipts_mismatch")
+        problem = block.check_tx_root()
+        if problem is not None:
+            raise StoreError(problem, code="bad_tx_root")
+        if receipts_root_of(receipts) != header.receipts_root:
+            raise StoreError("receipts do not match the header's receipts_root",
+                             code="receipts_mismatch")
+        ops = _check_ops(state_ops, state=True) + _check_ops(extra_ops, state=False)
+
+        height = header.height
+        h8 = _h8(height)
+        batch = self.db.write_batch(sync=True)
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(HEADER_PREFIX + h8, header.encode())
+        batch.put(CERT_PREFIX + h8, cert.encode())
+        batch.put(BLOCK_HASH_PREFIX + block.hash, h8)
+        for index, (tx, receipt) in enumerate(zip(block.txs, receipts, strict=True)):
+            batch.put(_location_key(TX_PREFIX, height, index), tx)
+            batch.put(_location_key(RECEIPT_PREFIX, height, index), receipt)
+            location_key = TX_LOCATION_PREFIX + sha256(tx)
+            if self.db.get(location_key) is None:
+                batch.put(location_key, _LOCATION.pack(height, index))
+        batch.put(TIP_KEY, _TIP.pack(height, block.hash, cert.seq))
+        batch.write()
+        self._tip = (height, block.hash, cert.seq)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _read_tip(self) -> tuple[int, bytes, int] | None:
+        raw = self.db.get(TIP_KEY)
+        if raw is None:
+            return None
+        invariant(len(raw) == _TIP.size, f"tip record of {len(raw)} bytes is corrupt")
+        height, block_hash, seq = _TIP.unpack(raw)
+        return height, block_hash, seq
+
+    def tip(self) -> tuple[int, bytes]:
+        """(height, hash) of the last committed block; (0, genesis hash) before any block."""
+        if self._tip is None:
+            raise StoreError("the store has no genesis yet", code="store_uninitialised")
+        return self._tip[0], self._tip[1]
+
+    def tip_seq(self) -> int:
+        """Consensus sequence of the tip's certificate (0 at genesis)."""
+        if self._tip is None:
+            raise StoreError("the store has no genesis yet", code="store_uninitialised")
+        return self._tip[2]
+
+    def genesis_hash(self) -> bytes | None:
+        value: bytes | None = self.db.get(GENESIS_HASH_KEY)
+        return value
+
+    def genesis_state_root(self) -> bytes | None:
+        value: bytes | None = self.db.get(GENESIS_STATE_ROOT_KEY)
+        return value
+
+    def header(self, height: int) -> Header | None:
+        raw = self.db.get(HEADER_PREFIX + _h8(height)) if height >= 1 else None
+        return None if raw is None else Header.decode(raw)
+
+    def txs(self, height: int) -> list[bytes]:
+        prefix = TX_PREFIX + _h8(height)
+        return [value for _, value in self.db.iterator(prefix=prefix)]
+
+    def receipts(self, height: int) -> list[bytes]:
+        prefix = RECEIPT_PREFIX + _h8(height)
+        return [value for _, value in self.db.iterator(prefix=prefix)]
+
+    def block(self, height: int) -> Block | None:
+        header = self.header(height)
+        return None if header is None else Block(header, tuple(self.txs(height)))
+
+    def height_of(self, block_hash: bytes) -> int | None:
+        raw = self.db.get(BLOCK_HASH_PREFIX + block_hash)
+        return None if raw is None else int(_H8.unpack(raw)[0])
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        height = self.height_of(block_hash)
+        return None if height is None else self.block(height)
+
+    def certificate(self, height: int) -> CommitCertificate | None:
+        raw = self.db.get(CERT_PREFIX + _h8(height)) if height >= 1 else None
+        return None if raw is None else CommitCertificate.decode(raw)
+
+    def tx_location(self, tx_hash: bytes) -> tuple[int, int] | None:
+        raw = self.db.get(TX_LOCATION_PREFIX + tx_hash)
+        if raw is None:
+            return None
+        height, index = _LOCATION.unpack(raw)
+        return int(height), int(index)
+
+    def tx(self, tx_hash: bytes) -> bytes | None:
+        location = self.tx_location(tx_hash)
+        if location is None:
+            return None
+        value: bytes | None = self.db.get(_location_key(TX_PREFIX, *location))
+        return value
+
+    def receipt(self, tx_hash: bytes) -> bytes | None:
+        location = self.tx_location(tx_hash)
+        if location is None:
+            return None
+        value: bytes | None = self.db.get(_location_key(RECEIPT_PREFIX, *location))
+        return value
+
+    def blocks_range(
+        self, from_height: int, to_height: int, *, limit: int = RANGE_BLOCKS_MAX
+    ) -> list[tuple[Block, CommitCertificate]]:
+        """Blocks from_height..to_height inclusive with their certificates, for catch-up.
+
+        Clipped to the tip and to at most `limit` (<= RANGE_BLOCKS_MAX) blocks.
+        """
+        tip_height = self.tip()[0]
+        first = max(from_height, 1)
+        last = min(to_height, tip_height, first + min(limit, RANGE_BLOCKS_MAX) - 1)
+        result: list[tuple[Block, CommitCertificate]] = []
+        for height in range(first, last + 1):
+            block = self.block(height)
+            cert = self.certificate(height)
+            invariant(block is not None and cert is not None,
+                      f"height {height} is below the tip but not stored")
+            assert block is not None and cert is not None  # for the type checker
+            result.append((block, cert))
+        return result

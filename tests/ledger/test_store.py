@@ -1,0 +1,329 @@
+"""BlockStore: genesis, append rules (all-or-nothing), reads, reopen, and verify_chain."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.block import Block, CommitCertificate
+from ledger.codec import encode
+from ledger.crypto import sha256
+from ledger.store import (
+    CERT_PREFIX,
+    HEADER_PREFIX,
+    RECEIPT_PREFIX,
+    TX_LOCATION_PREFIX,
+    BlockStore,
+    StoreError,
+)
+from ledger.verify import verify_chain
+from tests.ledger.chainmaker import (
+    CHAIN_ID,
+    GENESIS_HASH,
+    GENESIS_STATE_ROOT,
+    VALIDATOR_KEYS,
+    VALIDATORS,
+    append_next,
+    make_txs,
+    next_block,
+    open_test_store,
+    receipt_for,
+    sign_certificate,
+    state_ops_for,
+)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[BlockStore]:
+    opened = open_test_store(tmp_path / "ledger.db")
+    yield opened
+    opened.close()
+
+
+def snapshot(store: BlockStore) -> list[tuple[bytes, bytes]]:
+    return list(store.db.iterator())
+
+
+def certified_next(store: BlockStore, txs_count: int = 2):  # type: ignore[no-untyped-def]
+    height, tip_hash = store.tip()
+    block, receipts = next_block(height + 1, tip_hash, make_txs(height + 1, txs_count))
+    cert = sign_certificate(block.hash, store.tip_seq() + 1, 0, VALIDATOR_KEYS[:3])
+    return block, cert, receipts
+
+
+# -- genesis --------------------------------------------------------------------------
+
+
+def test_fresh_store_has_no_genesis_and_refuses_tip_and_append(tmp_path: Path) -> None:
+    with BlockStore.open(tmp_path / "db") as fresh:
+        assert fresh.genesis_hash() is None
+        with pytest.raises(StoreError) as info:
+            fresh.tip()
+        assert info.value.code == "store_uninitialised"
+        fresh.init_genesis(GENESIS_HASH, GENESIS_STATE_ROOT, [])
+        block, cert, receipts = certified_next(fresh)
+    with BlockStore.open(tmp_path / "db2") as other:
+        with pytest.raises(StoreError, match="no genesis"):
+            other.append(block, cert, receipts, [])
+        assert snapshot(other) == []
+
+
+def test_genesis_sets_tip_zero_and_writes_its_state_ops(store: BlockStore) -> None:
+    assert store.tip() == (0, GENESIS_HASH)
+    assert store.tip_seq() == 0
+    assert store.genesis_hash() == GENESIS_HASH
+    assert store.genesis_state_root() == GENESIS_STATE_ROOT
+    assert store.db.get(b"m/height") == struct.pack(">Q", 0)
+    assert store.header(0) is None and store.block(0) is None and store.certificate(0) is None
+
+
+def test_same_genesis_again_is_a_no_op_and_a_different_one_is_refused(
+    store: BlockStore,
+) -> None:
+    append_next(store)
+    before = snapshot(store)
+    store.init_genesis(GENESIS_HASH, GENESIS_STATE_ROOT, [(b"s/x", b"new")])
+    assert snapshot(store) == before
+    with pytest.raises(StoreError) as info:
+        store.init_genesis(sha256(b"other"), GENESIS_STATE_ROOT, [])
+    assert info.value.code == "genesis_mismatch"
+    assert snapshot(store) == before
+
+
+def test_genesis_state_ops_outside_the_state_prefixes_are_refused(tmp_path: Path) -> None:
+    with BlockStore.open(tmp_path / "db") as fresh:
+        with pytest.raises(StoreError):
+            fresh.init_genesis(GENESIS_HASH, GENESIS_STATE_ROOT, [(b"chain/tip", b"x")])
+        assert snapshot(fresh) == []
+
+
+# -- append and reads -----------------------------------------------------------------
+
+
+def test_appended_block_is_readable_every_way_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with open_test_store(path) as store:
+        block, cert, receipts = certified_next(store, 3)
+        store.append(block, cert, receipts, state_ops_for(1) + [(b"s/gone", None)],
+                     extra_ops=[(b"p/vote", b"v")])
+    with BlockStore.open(path) as store:
+        assert store.tip() == (1, block.hash)
+        assert store.tip_seq() == cert.seq
+        assert store.header(1) == block.header
+        assert store.block(1) == block
+        assert store.block_by_hash(block.hash) == block
+        assert store.height_of(block.hash) == 1
+        assert store.certificate(1) == cert
+        assert store.receipts(1) == receipts
+        for index, tx in enumerate(block.txs):
+            assert store.tx_location(sha256(tx)) == (1, index)
+            assert store.tx(sha256(tx)) == tx
+            assert store.receipt(sha256(tx)) == receipts[index]
+        assert store.tx_location(sha256(b"unknown")) is None
+        assert store.tx(sha256(b"unknown")) is None and store.receipt(sha256(b"x")) is None
+        assert store.db.get(b"s/test/height") == struct.pack(">Q", 1)
+        assert store.db.get(b"p/vote") == b"v"
+        assert store.block(2) is None and store.block_by_hash(sha256(b"?")) is None
+
+
+def test_empty_block_is_stored_and_read_back(store: BlockStore) -> None:
+    block, cert, receipts = certified_next(store, 0)
+    store.append(block, cert, receipts, [])
+    assert store.block(1) == block and store.receipts(1) == []
+
+
+def test_blocks_range_returns_certified_blocks_clipped_to_tip_and_limit(
+    store: BlockStore,
+) -> None:
+    blocks = [append_next(store, 1) for _ in range(6)]
+    got = store.blocks_range(2, 4)
+    assert [block for block, _ in got] == blocks[1:4]
+    assert all(cert.block_hash == block.hash for block, cert in got)
+    assert [b.height for b, _ in store.blocks_range(0, 100)] == [1, 2, 3, 4, 5, 6]
+    assert [b.height for b, _ in store.blocks_range(3, 100, limit=2)] == [3, 4]
+    assert store.blocks_range(7, 9) == []
+
+
+def test_a_tx_included_again_keeps_its_first_location(store: BlockStore) -> None:
+    first = append_next(store, 2)
+    height, tip_hash = store.tip()
+    again = first.txs[0]
+    block, receipts = next_block(height + 1, tip_hash, [again])
+    cert = sign_certificate(block.hash, store.tip_seq() + 1, 0, VALIDATOR_KEYS[:3])
+    store.append(block, cert, receipts, [])
+    assert store.tx_location(sha256(again)) == (1, 0)
+    assert verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS).ok
+
+
+# -- refusals: typed error, nothing written --------------------------------------------
+
+
+def _wrong_height(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    height, tip_hash = store.tip()
+    block, receipts = next_block(height + 2, tip_hash, make_txs(height + 2, 1))
+    return block, sign_certificate(block.hash, 9, 0, VALIDATOR_KEYS[:3]), receipts
+
+
+def _wrong_parent(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    height, _ = store.tip()
+    block, receipts = next_block(height + 1, sha256(b"elsewhere"), make_txs(height + 1, 1))
+    return block, sign_certificate(block.hash, 9, 0, VALIDATOR_KEYS[:3]), receipts
+
+
+def _cert_for_other_block(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    block, cert, receipts = certified_next(store)
+    return block, sign_certificate(sha256(b"other"), cert.seq, 0, VALIDATOR_KEYS[:3]), receipts
+
+
+def _stale_seq(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    block, cert, receipts = certified_next(store)
+    return block, dataclasses.replace(cert, seq=store.tip_seq()), receipts
+
+
+def _cert_view_before_proposal(store: BlockStore) -> tuple[Block, CommitCertificate,
+                                                           list[bytes]]:
+    height, tip_hash = store.tip()
+    block, receipts = next_block(height + 1, tip_hash, make_txs(height + 1, 1), view=2)
+    return block, sign_certificate(block.hash, 9, 1, VALIDATOR_KEYS[:3]), receipts
+
+
+def _missing_receipt(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    block, cert, receipts = certified_next(store)
+    return block, cert, receipts[:-1]
+
+
+def _wrong_receipt(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    block, cert, receipts = certified_next(store)
+    return block, cert, [receipts[0], receipt_for(b"something else")]
+
+
+def _wrong_tx_root(store: BlockStore) -> tuple[Block, CommitCertificate, list[bytes]]:
+    block, _, receipts = certified_next(store)
+    tampered = Block(block.header, (block.txs[1], block.txs[0]))
+    return tampered, sign_certificate(tampered.hash, 9, 0, VALIDATOR_KEYS[:3]), receipts
+
+
+REFUSALS = {
+    "wrong_height": (_wrong_height, "wrong_height"),
+    "wrong_parent": (_wrong_parent, "wrong_parent"),
+    "cert_for_other_block": (_cert_for_other_block, "cert_mismatch"),
+    "cert_stale_seq": (_stale_seq, "cert_mismatch"),
+    "cert_view_before_proposal": (_cert_view_before_proposal, "cert_mismatch"),
+    "missing_receipt": (_missing_receipt, "receipts_mismatch"),
+    "wrong_receipt": (_wrong_receipt, "receipts_mismatch"),
+    "wrong_tx_root": (_wrong_tx_root, "bad_tx_root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_append_refuses_a_block_that_does_not_fit_and_writes_nothing(
+    store: BlockStore, case: str
+) -> None:
+    append_next(store)
+    tip = store.tip()
+    before = snapshot(store)
+    build, expected_code = REFUSALS[case]
+    block, cert, receipts = build(store)
+    with pytest.raises(StoreError) as info:
+        store.append(block, cert, receipts, state_ops_for(2))
+    assert info.value.code == expected_code
+    assert snapshot(store) == before
+    assert store.tip() == tip
+
+
+@pytest.mark.parametrize(
+    ("state_ops", "extra_ops"),
+    [([(b"x/not-state", b"1")], []), ([(b"tx/evil", b"1")], []), ([], [(b"chain/tip", b"1")]),
+     ([], [(b"txloc/" + bytes(32), b"1")]), ([(b"s/ok", "str")], [])],
+)
+def test_append_refuses_ops_outside_their_prefixes_and_writes_nothing(
+    store: BlockStore, state_ops: list[tuple[bytes, bytes]], extra_ops: list[tuple[bytes, bytes]]
+) -> None:
+    before = snapshot(store)
+    block, cert, receipts = certified_next(store)
+    with pytest.raises(StoreError) as info:
+        store.append(block, cert, receipts, state_ops, extra_ops)
+    assert info.value.code == "bad_op"
+    assert snapshot(store) == before
+
+
+def test_a_second_open_of_the_same_database_is_a_typed_error(
+    store: BlockStore, tmp_path: Path
+) -> None:
+    with pytest.raises(StoreError) as info:
+        BlockStore.open(tmp_path / "ledger.db")
+    assert info.value.code == "store_open"
+
+
+# -- verify_chain ---------------------------------------------------------------------
+
+
+def test_verify_chain_passes_on_an_honest_chain(store: BlockStore) -> None:
+    for _ in range(5):
+        append_next(store, 3)
+    report = verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS)
+    assert report.ok and report.blocks_checked == 5 and report.first_bad_height is None
+    assert "5 blocks" in str(report)
+
+
+def test_verify_chain_refuses_the_wrong_genesis_or_chain_or_validators(
+    store: BlockStore,
+) -> None:
+    append_next(store)
+    assert not verify_chain(store, sha256(b"x"), CHAIN_ID, VALIDATORS).ok
+    wrong_chain = verify_chain(store, GENESIS_HASH, "other-city", VALIDATORS)
+    assert wrong_chain.first_bad_height == 1 and "chain" in (wrong_chain.reason or "")
+    others = [sha256(bytes([i])) for i in range(4)]
+    wrong_set = verify_chain(store, GENESIS_HASH, CHAIN_ID, others)
+    assert wrong_set.first_bad_height == 1 and "certificate" in (wrong_set.reason or "")
+
+
+def _tamper_receipt(store: BlockStore) -> None:
+    store.db.put(RECEIPT_PREFIX + struct.pack(">QI", 3, 0), encode({"code": "forged"}))
+
+
+def _drop_cert(store: BlockStore) -> None:
+    store.db.delete(CERT_PREFIX + struct.pack(">Q", 3))
+
+
+def _corrupt_header(store: BlockStore) -> None:
+    store.db.put(HEADER_PREFIX + struct.pack(">Q", 3), b"\xc1garbage")
+
+
+def _drop_tx_index(store: BlockStore) -> None:
+    block = store.block(3)
+    assert block is not None
+    store.db.delete(TX_LOCATION_PREFIX + sha256(block.txs[1]))
+
+
+def _swap_cert(store: BlockStore) -> None:
+    cert = store.certificate(4)
+    assert cert is not None
+    store.db.put(CERT_PREFIX + struct.pack(">Q", 3), cert.encode())
+
+
+def _replace_block(store: BlockStore) -> None:
+    # A block with a valid shape and a real-looking certificate, but a broken link.
+    block = store.block(3)
+    assert block is not None
+    forged = dataclasses.replace(block.header, timestamp_ms=1)
+    store.db.put(HEADER_PREFIX + struct.pack(">Q", 3), forged.encode())
+
+
+@pytest.mark.parametrize(
+    "tamper", [_tamper_receipt, _drop_cert, _corrupt_header, _drop_tx_index, _swap_cert,
+               _replace_block],
+)
+def test_verify_chain_reports_the_first_tampered_height(store, tamper) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(5):
+        append_next(store, 2)
+    tamper(store)
+    report = verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS)
+    assert not report.ok
+    assert report.first_bad_height == 3, report
+    assert report.blocks_checked == 2
+    assert report.reason
