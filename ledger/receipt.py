@@ -1,0 +1,91 @@
+"""Transaction receipts: what happened to each transaction of a block.
+
+Wire form (canonical msgpack map):
+    {"tx_hash": bytes32, "index": int, "status": "ok" | "rejected",
+     "code": str, "reason": str, "result": map}
+An accepted transaction has code "ok" and an empty reason; a rejected one carries the
+stable error code and the reason, and an empty result. The header's receipts root is
+`merkle_root` over the encoded receipts in block order, so every byte here is agreed by
+consensus and must be deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ledger.codec import decode_map, encode
+from ledger.crypto import HASH_BYTES
+from ledger.errors import CodecError
+from ledger.merkle import merkle_root
+
+STATUS_OK: Final = "ok"
+STATUS_REJECTED: Final = "rejected"
+RECEIPT_FIELDS = frozenset({"tx_hash", "index", "status", "code", "reason", "result"})
+REASON_CHARS_MAX = 1000
+
+Status = Literal["ok", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    tx_hash: bytes
+    index: int
+    status: Status
+    code: str
+    reason: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "tx_hash": self.tx_hash,
+            "index": self.index,
+            "status": self.status,
+            "code": self.code,
+            "reason": self.reason,
+            "result": self.result,
+        }
+
+    def encode(self) -> bytes:
+        return encode(self.to_wire())
+
+    @classmethod
+    def accepted(cls, tx_hash: bytes, index: int, result: dict[str, Any]) -> Receipt:
+        return cls(tx_hash, index, STATUS_OK, STATUS_OK, "", result)
+
+    @classmethod
+    def rejected(cls, tx_hash: bytes, index: int, code: str, reason: str) -> Receipt:
+        # Reasons are bounded so a module cannot bloat receipts with huge messages.
+        return cls(tx_hash, index, STATUS_REJECTED, code, reason[:REASON_CHARS_MAX], {})
+
+
+def decode_receipt(data: bytes) -> Receipt:
+    """Decode a receipt, or raise CodecError with the reason."""
+    fields = decode_map(data)
+    if set(fields) != RECEIPT_FIELDS:
+        raise CodecError(f"receipt fields must be {sorted(RECEIPT_FIELDS)}, got {sorted(fields)}")
+    tx_hash, index, status = fields["tx_hash"], fields["index"], fields["status"]
+    code, reason, result = fields["code"], fields["reason"], fields["result"]
+    if not isinstance(tx_hash, bytes) or len(tx_hash) != HASH_BYTES:
+        raise CodecError("receipt tx_hash must be 32 bytes")
+    if type(index) is not int or index < 0:
+        raise CodecError("receipt index must be a non-negative integer")
+    if status not in (STATUS_OK, STATUS_REJECTED):
+        raise CodecError(f"receipt status must be 'ok' or 'rejected', got {status!r}")
+    if not isinstance(code, str) or not isinstance(reason, str):
+        raise CodecError("receipt code and reason must be strings")
+    if not isinstance(result, dict):
+        raise CodecError("receipt result must be a map")
+    if status == STATUS_OK and code != STATUS_OK:
+        raise CodecError("an ok receipt must have code 'ok'")
+    return Receipt(tx_hash, index, status, code, reason, result)
+
+
+def receipts_root(encoded_receipts: Sequence[bytes]) -> bytes:
+    """Merkle root over encoded receipts in block order (the header's receipts_root)."""
+    return merkle_root(list(encoded_receipts))

@@ -1,0 +1,499 @@
+"""World state: committed key-value state with a bucketed Merkle commitment (docs/STATE.md).
+
+Every user key K lives at b"s/" + K. Keys fall into 2^16 buckets by the first two bytes of
+SHA-256(K). A bucket's hash covers its entries in key order; a complete binary Merkle tree
+over the 65,536 bucket hashes gives the state root that goes into every header. The tree
+is held in memory (65,535 inner hashes, rebuilt at open from the persisted bucket hashes),
+so a block costs work in proportion to the buckets it touches, and a proof of K (present or
+absent) is the (key, value hash) pairs of K's bucket plus 16 sibling hashes.
+
+LevelDB layout (all under this module's prefixes b"s/" and b"m/"):
+    s/<K>                      -> value
+    m/e/<bucket:2><K>          -> SHA-256(value)       (a bucket's entries, contiguous)
+    m/b/<bucket:2>             -> bucket hash          (absent = empty bucket)
+    m/root                     -> state root after the last applied block
+    m/height                   -> canonical int: height of the last applied writes
+    m/diff/<height:8 BE>       -> undo record: previous values and bucket hashes
+
+Writes reach disk only through `PreparedState.ops`, which the block store writes in the
+same synced batch as the block; `apply_prepared` then advances the in-memory tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ledger.codec import decode, encode
+from ledger.errors import CodecError, invariant
+from ledger.merkle import inner_hash
+from ledger.overlay import MemoryKV
+
+BUCKET_BITS = 16
+BUCKET_COUNT = 1 << BUCKET_BITS
+HASH_BYTES = 32
+KEY_BYTES_MAX = 0xFFFF  # keys are length-prefixed with two bytes in leaf hashes
+
+STATE_PREFIX = b"s/"
+ENTRY_PREFIX = b"m/e/"
+BUCKET_PREFIX = b"m/b/"
+DIFF_PREFIX = b"m/diff/"
+ROOT_KEY = b"m/root"
+HEIGHT_KEY = b"m/height"
+
+# One LevelDB operation: (key, value) puts, (key, None) deletes. The block store writes a
+# list of these in the same synced batch as the block.
+StateOp = tuple[bytes, bytes | None]
+
+# Our own undo records can hold many large values; they never come from a peer.
+_DIFF_DECODE_BYTES_MAX = 1 << 32
+
+
+def bucket_of(key: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(key).digest()[:2], "big") >> (16 - BUCKET_BITS)
+
+
+def value_hash(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def entry_leaf_hash(key: bytes, value_digest: bytes) -> bytes:
+    """0x00 || u16 len(K) || K || SHA-256(V): hashing V first keeps proofs small."""
+    return hashlib.sha256(b"\x00" + len(key).to_bytes(2, "big") + key + value_digest).digest()
+
+
+def bucket_hash(entries: Mapping[bytes, bytes]) -> bytes:
+    """0x02 || leaf hashes in key order; an empty bucket hashes to SHA-256(0x02)."""
+    digest = hashlib.sha256(b"\x02")
+    for key in sorted(entries):
+        digest.update(entry_leaf_hash(key, entries[key]))
+    return digest.digest()
+
+
+EMPTY_BUCKET_HASH = bucket_hash({})
+
+
+def _bucket_bytes(bucket: int) -> bytes:
+    return bucket.to_bytes(2, "big")
+
+
+def _height_bytes(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+# --- the in-memory tree --------------------------------------------------------------------
+# Heap layout: nodes[1] is the root, nodes[BUCKET_COUNT + b] is bucket b's hash, and the
+# children of node i are 2i and 2i+1.
+
+_empty_tree_cache: list[bytes] = []
+
+
+def _empty_tree() -> list[bytes]:
+    if not _empty_tree_cache:
+        nodes = [b""] * (2 * BUCKET_COUNT)
+        nodes[BUCKET_COUNT:] = [EMPTY_BUCKET_HASH] * BUCKET_COUNT
+        for index in range(BUCKET_COUNT - 1, 0, -1):
+            nodes[index] = inner_hash(nodes[2 * index], nodes[2 * index + 1])
+        _empty_tree_cache.extend(nodes)
+    return list(_empty_tree_cache)
+
+
+def _tree_updates(nodes: list[bytes], buckets: Mapping[int, bytes]) -> dict[int, bytes]:
+    """Node index -> new hash for every node on the paths from the changed buckets."""
+    changed = {BUCKET_COUNT + bucket: digest for bucket, digest in buckets.items()}
+    level = sorted(changed)
+    while level and level[0] > 1:
+        parents = sorted({index >> 1 for index in level})
+        for parent in parents:
+            left = changed.get(2 * parent, nodes[2 * parent])
+            right = changed.get(2 * parent + 1, nodes[2 * parent + 1])
+            changed[parent] = inner_hash(left, right)
+        level = parents
+    return changed
+
+
+def _siblings(nodes: list[bytes], changed: Mapping[int, bytes], bucket: int) -> list[bytes]:
+    out: list[bytes] = []
+    index = BUCKET_COUNT + bucket
+    while index > 1:
+        out.append(changed.get(index ^ 1, nodes[index ^ 1]))
+        index >>= 1
+    return out
+
+
+# --- proofs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateProof:
+    """Everything needed to recompute the root from K's bucket.
+
+    `entries` are (key, SHA-256(value)) for every key in the bucket, in key order: K's own
+    entry when present, and all the others so that absence can be shown. `siblings` are the
+    16 sibling hashes from the bucket up to the root.
+    """
+
+    bucket: int
+    entries: tuple[tuple[bytes, bytes], ...]
+    siblings: tuple[bytes, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "entries": [[key, digest] for key, digest in self.entries],
+            "siblings": list(self.siblings),
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> StateProof:
+        """Shape-check a proof received from elsewhere; CodecError when malformed."""
+        if not isinstance(data, dict) or set(data) != {"bucket", "entries", "siblings"}:
+            raise CodecError("a state proof is a map of bucket, entries and siblings")
+        bucket, entries, siblings = data["bucket"], data["entries"], data["siblings"]
+        if type(bucket) is not int or not isinstance(entries, list) or not isinstance(
+            siblings, list
+        ):
+            raise CodecError("state proof fields have the wrong types")
+        pairs: list[tuple[bytes, bytes]] = []
+        for entry in entries:
+            if (not isinstance(entry, list) or len(entry) != 2
+                    or not all(isinstance(part, bytes) for part in entry)):
+                raise CodecError("a state proof entry is [key bytes, value hash bytes]")
+            pairs.append((entry[0], entry[1]))
+        if not all(isinstance(sibling, bytes) for sibling in siblings):
+            raise CodecError("state proof siblings must be bytes")
+        return cls(bucket, tuple(pairs), tuple(siblings))
+
+
+def verify_state_proof(root: bytes, key: bytes, value: bytes | None, proof: StateProof) -> bool:
+    """True when `proof` shows that `key` maps to `value` (None: absent) under `root`.
+
+    Pure and total: a malformed proof gives False, never an exception.
+    """
+    if not isinstance(key, bytes) or not 0 < len(key) <= KEY_BYTES_MAX:
+        return False
+    if proof.bucket != bucket_of(key) or len(proof.siblings) != BUCKET_BITS:
+        return False
+    entries: dict[bytes, bytes] = {}
+    previous: bytes | None = None
+    for entry_key, digest in proof.entries:
+        if not isinstance(entry_key, bytes) or not isinstance(digest, bytes):
+            return False
+        if len(digest) != HASH_BYTES or not 0 < len(entry_key) <= KEY_BYTES_MAX:
+            return False
+        if previous is not None and entry_key <= previous:
+            return False  # keys must be strictly ascending: no duplicates, one order
+        if bucket_of(entry_key) != proof.bucket:
+            return False
+        entries[entry_key] = digest
+        previous = entry_key
+    if value is None:
+        if key in entries:
+            return False
+    elif entries.get(key) != value_hash(value):
+        return False
+    node = bucket_hash(entries)
+    index = BUCKET_COUNT + proof.bucket
+    for sibling in proof.siblings:
+        if not isinstance(sibling, bytes) or len(sibling) != HASH_BYTES:
+            return False
+        node = inner_hash(sibling, node) if index & 1 else inner_hash(node, sibling)
+        index >>= 1
+    return node == root
+
+
+# --- storage backends ----------------------------------------------------------------------
+
+
+class PlyvelLike(Protocol):
+    """The part of a plyvel DB (or prefixed DB) that the state uses."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def iterator(self, *, prefix: bytes) -> Any: ...
+
+    def write_batch(self, *, sync: bool = ...) -> Any: ...
+
+
+class StateBackend(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Entries whose key starts with `prefix`, in ascending key order."""
+        ...
+
+    def write(self, ops: list[StateOp]) -> None: ...
+
+
+class PlyvelBackend:
+    def __init__(self, db: PlyvelLike) -> None:
+        self.db = db
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self.db.iterator(prefix=prefix) as entries:
+            yield from entries
+
+    def write(self, ops: list[StateOp]) -> None:
+        with self.db.write_batch(sync=True) as batch:
+            for key, value in ops:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+
+
+class MemoryBackend:
+    """A sorted in-memory stand-in for LevelDB (tests, simulations, genesis roots)."""
+
+    def __init__(self) -> None:
+        self.kv = MemoryKV()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.kv.get(key)
+
+    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.kv.scan(prefix, 1 << 62))
+
+    def write(self, ops: list[StateOp]) -> None:
+        self.kv.apply(dict(ops))
+
+
+class _StateReader:
+    """Committed state as a KeyValueReader (for ledger.overlay.Overlay)."""
+
+    def __init__(self, backend: StateBackend) -> None:
+        self._backend = backend
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._backend.get(STATE_PREFIX + key)
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        skip = len(STATE_PREFIX)
+        entries = self._backend.items(STATE_PREFIX + prefix)
+        return [(key[skip:], value) for key, value in itertools.islice(entries, max(limit, 0))]
+
+
+# --- the world state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedState:
+    """The outcome of applying a block's writes, not yet live.
+
+    `ops` go into the block's LevelDB batch; `apply_prepared` advances the tree afterwards.
+    """
+
+    root: bytes
+    ops: list[StateOp]
+    height: int | None
+    base_version: int
+    node_updates: dict[int, bytes] = field(repr=False)
+
+
+class WorldState:
+    """Committed state plus the in-memory bucket tree whose root goes into headers."""
+
+    def __init__(self, db: PlyvelLike | PlyvelBackend | MemoryBackend) -> None:
+        """`db` is a plyvel DB (or prefixed DB), or a backend such as `MemoryBackend()`."""
+        backend: StateBackend = (
+            db if isinstance(db, PlyvelBackend | MemoryBackend) else PlyvelBackend(db)
+        )
+        self._backend = backend
+        self._version = 0  # bumped by every apply; a PreparedState is valid for one version
+        self._nodes = _empty_tree()
+        persisted = {
+            int.from_bytes(key[len(BUCKET_PREFIX):], "big"): digest
+            for key, digest in backend.items(BUCKET_PREFIX)
+        }
+        for digest in persisted.values():
+            invariant(len(digest) == HASH_BYTES, "corrupt bucket hash in state metadata")
+        for index, digest in _tree_updates(self._nodes, persisted).items():
+            self._nodes[index] = digest
+        stored_root = backend.get(ROOT_KEY)
+        invariant(
+            stored_root is None or stored_root == self._nodes[1],
+            "state root rebuilt from bucket hashes differs from the stored root: "
+            "state metadata is corrupt",
+        )
+        raw_height = backend.get(HEIGHT_KEY)
+        self._height: int | None = None if raw_height is None else decode(raw_height)
+
+    @classmethod
+    def in_memory(cls) -> WorldState:
+        return cls(MemoryBackend())
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def root(self) -> bytes:
+        return self._nodes[1]
+
+    @property
+    def height(self) -> int | None:
+        """Height of the last block applied with `height=`, or None if none was."""
+        return self._height
+
+    def reader(self) -> _StateReader:
+        return _StateReader(self._backend)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._backend.get(STATE_PREFIX + key)
+
+    def _bucket_entries(self, bucket: int) -> dict[bytes, bytes]:
+        prefix = ENTRY_PREFIX + _bucket_bytes(bucket)
+        return {key[len(prefix):]: digest for key, digest in self._backend.items(prefix)}
+
+    def prove(self, key: bytes) -> StateProof:
+        """Proof of K's current value (or absence) under `root`."""
+        bucket = bucket_of(key)
+        entries = self._bucket_entries(bucket)
+        return StateProof(
+            bucket,
+            tuple(sorted(entries.items())),
+            tuple(_siblings(self._nodes, {}, bucket)),
+        )
+
+    # -- writing ----------------------------------------------------------------------------
+    def prepare(
+        self, writes: Mapping[bytes, bytes | None], *, height: int | None = None
+    ) -> PreparedState:
+        """The root and LevelDB ops after `writes` (None deletes); the live state is unchanged.
+
+        With `height`, an undo record for historical queries is added under m/diff/.
+        """
+        if height is not None:
+            invariant(
+                self._height is None or height == self._height + 1,
+                f"state at height {self._height} cannot take writes for height {height}",
+            )
+        by_bucket: dict[int, list[bytes]] = {}
+        for key in writes:
+            invariant(
+                isinstance(key, bytes) and 0 < len(key) <= KEY_BYTES_MAX,
+                f"state key {key!r} is not 1..{KEY_BYTES_MAX} bytes",
+            )
+            by_bucket.setdefault(bucket_of(key), []).append(key)
+        ops: list[StateOp] = []
+        new_buckets: dict[int, bytes] = {}
+        undo_values: list[list[bytes | None]] = []
+        undo_buckets: list[list[int | bytes]] = []
+        for bucket in sorted(by_bucket):
+            entries = self._bucket_entries(bucket)
+            entry_prefix = ENTRY_PREFIX + _bucket_bytes(bucket)
+            for key in sorted(by_bucket[bucket]):
+                value = writes[key]
+                existed = key in entries
+                if height is not None:
+                    previous = self._backend.get(STATE_PREFIX + key) if existed else None
+                    undo_values.append([key, previous])
+                if value is None:
+                    if not existed:
+                        continue
+                    del entries[key]
+                    ops.append((STATE_PREFIX + key, None))
+                    ops.append((entry_prefix + key, None))
+                else:
+                    invariant(isinstance(value, bytes), f"state value for {key!r} is not bytes")
+                    digest = value_hash(value)
+                    entries[key] = digest
+                    ops.append((STATE_PREFIX + key, value))
+                    ops.append((entry_prefix + key, digest))
+            new_hash = bucket_hash(entries)
+            old_hash = self._nodes[BUCKET_COUNT + bucket]
+            if new_hash != old_hash:
+                new_buckets[bucket] = new_hash
+                undo_buckets.append([bucket, old_hash])
+                ops.append((BUCKET_PREFIX + _bucket_bytes(bucket), new_hash if entries else None))
+        updates = _tree_updates(self._nodes, new_buckets)
+        root = updates.get(1, self._nodes[1])
+        ops.append((ROOT_KEY, root))
+        if height is not None:
+            undo = {"values": undo_values, "buckets": undo_buckets}
+            ops.append((DIFF_PREFIX + _height_bytes(height), encode(undo)))
+            ops.append((HEIGHT_KEY, encode(height)))
+        return PreparedState(root, ops, height, self._version, updates)
+
+    def apply_prepared(self, prepared: PreparedState) -> None:
+        """Make `prepared` live once its ops are durably written."""
+        invariant(
+            prepared.base_version == self._version,
+            "prepared state was built on an older state (a competing proposal was applied)",
+        )
+        invariant(
+            self._backend.get(ROOT_KEY) == prepared.root,
+            "apply_prepared called before the prepared ops were written",
+        )
+        for index, digest in prepared.node_updates.items():
+            self._nodes[index] = digest
+        if prepared.height is not None:
+            self._height = prepared.height
+        self._version += 1
+
+    def commit(self, writes: Mapping[bytes, bytes | None], *, height: int | None = None) -> bytes:
+        """prepare + write + apply in one step, for use without a block store."""
+        prepared = self.prepare(writes, height=height)
+        self._backend.write(prepared.ops)
+        self.apply_prepared(prepared)
+        return prepared.root
+
+    # -- history ----------------------------------------------------------------------------
+    def _undo(self, height: int) -> dict[str, Any]:
+        raw = self._backend.get(DIFF_PREFIX + _height_bytes(height))
+        invariant(raw is not None, f"no undo record for height {height}")
+        assert raw is not None
+        undo = decode(raw, max_bytes=_DIFF_DECODE_BYTES_MAX)
+        invariant(isinstance(undo, dict), f"corrupt undo record for height {height}")
+        result: dict[str, Any] = undo
+        return result
+
+    def prove_at(self, key: bytes, height: int) -> tuple[bytes | None, StateProof]:
+        """K's value at `height` and a proof against that height's state root.
+
+        Walks the undo records from the current height back to `height`, so the cost grows
+        with the number of writes since then (docs/STATE.md).
+        """
+        invariant(self._height is not None, "state has no recorded height")
+        assert self._height is not None
+        invariant(0 <= height <= self._height, f"height {height} outside 0..{self._height}")
+        bucket = bucket_of(key)
+        entries = self._bucket_entries(bucket)
+        value = self.get(key)
+        old_buckets: dict[int, bytes] = {}
+        for undo_height in range(self._height, height, -1):
+            undo = self._undo(undo_height)
+            for entry_key, previous in undo["values"]:
+                if entry_key == key:
+                    value = previous
+                if bucket_of(entry_key) == bucket:
+                    if previous is None:
+                        entries.pop(entry_key, None)
+                    else:
+                        entries[entry_key] = value_hash(previous)
+            for changed_bucket, old_hash in undo["buckets"]:
+                old_buckets[changed_bucket] = old_hash
+        changed = _tree_updates(self._nodes, old_buckets)
+        proof = StateProof(
+            bucket, tuple(sorted(entries.items())), tuple(_siblings(self._nodes, changed, bucket))
+        )
+        return value, proof
+
+    def root_at(self, height: int) -> bytes:
+        """The state root after the writes of `height` (rebuilt from undo records)."""
+        invariant(self._height is not None, "state has no recorded height")
+        assert self._height is not None
+        invariant(0 <= height <= self._height, f"height {height} outside 0..{self._height}")
+        old_buckets: dict[int, bytes] = {}
+        for undo_height in range(self._height, height, -1):
+            for changed_bucket, old_hash in self._undo(undo_height)["buckets"]:
+                old_buckets[changed_bucket] = old_hash
+        return _tree_updates(self._nodes, old_buckets).get(1, self._nodes[1])
+
+
+def state_root_of(items: Mapping[bytes, bytes]) -> bytes:
+    """The state root of a state holding exactly `items` (genesis, tests)."""
+    return WorldState.in_memory().prepare(dict(items)).root
