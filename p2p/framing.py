@@ -1,0 +1,91 @@
+"""Frames on the wire: a 4-byte big-endian length, then that many bytes of canonical msgpack.
+
+A frame of length 0 is a keepalive and carries no message. Every other frame must hold
+one canonical map (ledger.codec); anything else is a `FrameError` naming the reason, and
+the connection that sent it is closed. The length is checked against the limit before a
+single body byte is read, so a peer cannot make us buffer more than `frame_bytes_max`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from ledger.codec import decode_map, encode
+from ledger.errors import CodecError, LedgerError
+
+LENGTH_BYTES = 4
+LENGTH_MAX = 2**32 - 1
+KEEPALIVE_FRAME = b"\x00\x00\x00\x00"
+_LENGTH = struct.Struct(">I")
+
+
+class FrameError(LedgerError):
+    """A frame that breaks the wire format. `code` says which rule (for counters/logs)."""
+
+    code = "frame_error"
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """The framed bytes of one message map; CodecError if it is not canonically encodable."""
+    if not isinstance(message, dict):
+        raise CodecError(f"a frame carries a map, got {type(message).__name__}")
+    body = encode(message)
+    if len(body) > LENGTH_MAX:
+        raise CodecError(f"message of {len(body)} bytes cannot be framed")
+    return _LENGTH.pack(len(body)) + body
+
+
+def parse_length(header: bytes, frame_bytes_max: int) -> int:
+    """The body length announced by a 4-byte header, or FrameError when over the limit."""
+    if len(header) != LENGTH_BYTES:
+        raise FrameError(f"frame header is {len(header)} bytes, not {LENGTH_BYTES}", code="frame_truncated")
+    (length,) = _LENGTH.unpack(header)
+    if length > frame_bytes_max:
+        raise FrameError(
+            f"frame of {length} bytes exceeds the {frame_bytes_max}-byte limit", code="frame_oversize"
+        )
+    return int(length)
+
+
+def decode_body(body: bytes, frame_bytes_max: int) -> dict[str, Any]:
+    """The message map in a frame body, or FrameError; never another exception."""
+    try:
+        return decode_map(body, max_bytes=frame_bytes_max)
+    except CodecError as exc:
+        raise FrameError(f"frame body is not a canonical map: {exc.reason}", code="frame_undecodable") from exc
+
+
+def decode_frames(data: bytes, frame_bytes_max: int) -> list[dict[str, Any] | None]:
+    """Every frame in a complete byte string (None for keepalives), or FrameError.
+
+    The buffer form of `read_frame`, used where bytes arrive whole (and by the fuzz tests).
+    """
+    messages: list[dict[str, Any] | None] = []
+    offset = 0
+    while offset < len(data):
+        length = parse_length(data[offset : offset + LENGTH_BYTES], frame_bytes_max)
+        offset += LENGTH_BYTES
+        body = data[offset : offset + length]
+        if len(body) != length:
+            raise FrameError(
+                f"frame announces {length} bytes but only {len(body)} follow", code="frame_truncated"
+            )
+        offset += length
+        messages.append(decode_body(body, frame_bytes_max) if length else None)
+    return messages
+
+
+async def read_frame(reader: asyncio.StreamReader, frame_bytes_max: int) -> dict[str, Any] | None:
+    """The next message from `reader` (None for a keepalive).
+
+    Raises FrameError for a bad frame and asyncio.IncompleteReadError when the peer closes
+    (cleanly between frames: `partial` is empty).
+    """
+    header = await reader.readexactly(LENGTH_BYTES)
+    length = parse_length(header, frame_bytes_max)
+    if length == 0:
+        return None
+    body = await reader.readexactly(length)
+    return decode_body(body, frame_bytes_max)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.codec import encode
+from p2p import FrameError, backoff_delay_s, decode_frames, encode_frame
+from p2p.framing import read_frame
+from p2p.sendqueue import SendQueue
+
+LIMIT = 4096
+
+
+def test_frames_round_trip_and_empty_frames_are_keepalives() -> None:
+    messages = [{"kind": "vote", "view": 3, "sig": b"\x01" * 64}, {"a": [1, 2, {"b": None}]}]
+    data = encode_frame(messages[0]) + b"\x00\x00\x00\x00" + encode_frame(messages[1])
+    assert decode_frames(data, LIMIT) == [messages[0], None, messages[1]]
+
+
+def test_length_over_the_limit_is_refused_before_reading_the_body() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_frames(struct.pack(">I", LIMIT + 1), LIMIT)
+    assert caught.value.code == "frame_oversize"
+
+
+def test_non_canonical_body_is_refused() -> None:
+    unsorted = msgpack.packb({"b": 1, "a": 2})
+    with pytest.raises(FrameError) as caught:
+        decode_frames(struct.pack(">I", len(unsorted)) + unsorted, LIMIT)
+    assert caught.value.code == "frame_undecodable"
+
+
+def test_a_body_that_is_not_a_map_is_refused() -> None:
+    body = encode([1, 2, 3])
+    with pytest.raises(FrameError):
+        decode_frames(struct.pack(">I", len(body)) + body, LIMIT)
+
+
+def test_truncated_frame_is_refused() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_frames(encode_frame({"a": 1})[:-1], LIMIT)
+    assert caught.value.code == "frame_truncated"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_give_frames_or_a_frame_error_never_another_exception(data: bytes) -> None:
+    try:
+        decoded = decode_frames(data, LIMIT)
+    except FrameError:
+        return
+    # Whatever was accepted must be exactly the canonical framing of what came out.
+    rebuilt = b"".join(b"\x00\x00\x00\x00" if item is None else encode_frame(item) for item in decoded)
+    assert rebuilt == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_after_a_valid_frame_prefix_never_escape_as_other_errors(tail: bytes) -> None:
+    data = encode_frame({"ok": True}) + struct.pack(">I", len(tail)) + tail
+    try:
+        decoded = decode_frames(data, LIMIT)
+    except FrameError:
+        return
+    assert decoded[0] == {"ok": True}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=200))
+def test_stream_reader_gives_a_frame_error_or_a_map_for_random_bodies(body: bytes) -> None:
+    async def read_one() -> object:
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack(">I", len(body)) + body)
+        reader.feed_eof()
+        return await read_frame(reader, LIMIT)
+
+    try:
+        message = asyncio.run(read_one())
+    except FrameError:
+        return
+    assert isinstance(message, dict)
+
+
+def test_send_queue_refuses_frames_beyond_its_count_or_byte_bound() -> None:
+    by_count = SendQueue(frames_max=2, bytes_max=1000)
+    assert by_count.offer(b"a") and by_count.offer(b"b")
+    assert not by_count.offer(b"c")
+    by_bytes = SendQueue(frames_max=100, bytes_max=10)
+    assert by_bytes.offer(b"x" * 6)
+    assert not by_bytes.offer(b"y" * 5)
+    assert by_bytes.take_all(1000) == [b"x" * 6]
+    assert by_bytes.offer(b"y" * 5)
+
+
+def test_backoff_grows_exponentially_up_to_the_cap_with_bounded_jitter() -> None:
+    rng = random.Random(7)
+    for attempt in range(12):
+        capped = min(5.0, 0.1 * 2**attempt)
+        delay = backoff_delay_s(attempt, 0.1, 5.0, rng)
+        assert capped / 2 <= delay <= capped
+    # Two nodes with different random sources spread their retries apart; one seed replays.
+    assert backoff_delay_s(3, 0.1, 5.0, random.Random(1)) != backoff_delay_s(3, 0.1, 5.0, random.Random(2))
+    assert backoff_delay_s(3, 0.1, 5.0, random.Random(1)) == backoff_delay_s(3, 0.1, 5.0, random.Random(1))
