@@ -255,6 +255,25 @@ class LedgerClient:
             self.reset_nonce()
             raise
 
+    async def submit_many(self, ops: Sequence[tuple[str, str, dict[str, Any]]],
+                          wait: bool = False) -> list[Any | RpcClientError]:
+        """Sign `ops` (family, op, payload) with consecutive nonces and send one batch.
+
+        The node starts the calls of a batch in order, so the transactions reach its
+        mempool in nonce order. Results are in `ops` order, each a tx_submit result or
+        the RpcClientError for that one transaction.
+        """
+        txs = [await self.build(family, op, payload) for family, op, payload in ops]
+        try:
+            results = await self.rpc.batch(
+                [(TX_SUBMIT, {"tx": tx.raw.hex(), "wait": wait}) for tx in txs])
+        except RpcClientError:
+            self.reset_nonce()
+            raise
+        if any(isinstance(result, RpcClientError) for result in results):
+            self.reset_nonce()
+        return results
+
     async def status(self) -> Any:
         return await self.rpc.call(NODE_STATUS)
 

@@ -119,9 +119,18 @@ class ServerThread:
         assert self.server is not None
         return self.server.url
 
+    async def _shutdown(self) -> None:
+        assert self.server is not None
+        await self.server.stop()
+        # Like asyncio.run: finish what is left (idle keep-alive handlers) before closing.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def stop(self) -> None:
         assert self.server is not None
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
