@@ -65,7 +65,7 @@ def next_block(
 
 def state_ops_for(height: int) -> list[StateOp]:
     packed = struct.pack(">Q", height)
-    return [(b"s/test/height", packed), (b"m/height", packed)]
+    return [(b"s/test/height", packed), (b"m/test_height", packed)]
 
 
 def append_next(store: BlockStore, txs_per_block: int = 3) -> Block:
@@ -80,7 +80,7 @@ def append_next(store: BlockStore, txs_per_block: int = 3) -> Block:
 
 def open_test_store(path: Path | str) -> BlockStore:
     store = BlockStore.open(Path(path))
-    store.init_genesis(GENESIS_HASH, GENESIS_STATE_ROOT, [(b"m/height", struct.pack(">Q", 0))])
+    store.init_genesis(GENESIS_HASH, GENESIS_STATE_ROOT, [(b"m/test_height", struct.pack(">Q", 0))])
     return store
 
 

@@ -77,7 +77,7 @@ def test_genesis_sets_tip_zero_and_writes_its_state_ops(store: BlockStore) -> No
     assert store.tip_seq() == 0
     assert store.genesis_hash() == GENESIS_HASH
     assert store.genesis_state_root() == GENESIS_STATE_ROOT
-    assert store.db.get(b"m/height") == struct.pack(">Q", 0)
+    assert store.db.get(b"m/test_height") == struct.pack(">Q", 0)
     assert store.header(0) is None and store.block(0) is None and store.certificate(0) is None
 
 

@@ -63,7 +63,7 @@ def test_store_reopens_at_a_complete_verified_tip_after_repeated_sigkill(
                 block = store.block(height)
                 assert block is not None and block.hash == tip_hash
             # The block and the state it wrote are one batch: both or neither survive.
-            assert store.db.get(b"m/height") == struct.pack(">Q", height)
+            assert store.db.get(b"m/test_height") == struct.pack(">Q", height)
             report = verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS)
             assert report.ok, f"kill {kill} (seed {seed}): {report}"
             last_tip = height
