@@ -94,7 +94,7 @@ def test_random_bytes_always_get_a_valid_json_rpc_answer(
     assert_valid_answer(message, answer)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=messages)
 def test_random_json_always_gets_a_valid_json_rpc_answer(
     loop: asyncio.AbstractEventLoop, dispatcher: RpcDispatcher, message: Any
