@@ -16,8 +16,8 @@ Two kinds of failure (DESIGN.md principle 10):
 - A `RuleError` (or a bad nonce, family, operation or payload) is a transaction's fault:
   the transaction gets a `rejected` receipt with the code and reason and the block goes on.
 - Any other exception raised by a module (a KeyError, a CodecError on state it wrote, an
-  invariant), a module writing nonce keys, or a result that cannot be encoded is a
-  programmer error: it propagates, with a note naming the module and transaction, and the
+  invariant), a RuleError from a begin/end block hook (there is no transaction to reject),
+  a module writing nonce keys, or a result that cannot be encoded is a programmer error: it propagates, with a note naming the module and transaction, and the
   node halts instead of committing a state that other nodes may not share.
 
 Receipt reasons are hashed into the header, so they must be identical on every node: for
@@ -98,6 +98,16 @@ def _blame(what: str) -> Iterator[None]:
         raise
 
 
+@contextmanager
+def _hook(what: str) -> Iterator[None]:
+    """A block hook has no transaction to reject: any error from it is a programmer error."""
+    with _blame(what):
+        try:
+            yield
+        except RuleError as exc:
+            raise InvariantViolation(f"{what} raised {exc}; hooks may not reject") from exc
+
+
 class Executor:
     """Executes blocks for one chain with the rule modules genesis names, in genesis order."""
 
@@ -156,7 +166,7 @@ class Executor:
                   f"block for chain {block.chain_id!r} given to executor of {self.chain_id!r}")
         state = Overlay(base)
         for module in self.modules:
-            with _blame(f"{module.family}.begin_block at height {block.height}"):
+            with _hook(f"{module.family}.begin_block at height {block.height}"):
                 module.begin_block(block, state)
         receipts: list[Receipt] = []
         encoded: list[bytes] = []
@@ -172,7 +182,7 @@ class Executor:
             receipts.append(receipt)
             encoded.append(raw)
         for module in self.modules:
-            with _blame(f"{module.family}.end_block at height {block.height}"):
+            with _hook(f"{module.family}.end_block at height {block.height}"):
                 module.end_block(block, state)
         return BlockResult(receipts, encoded, dict(state.writes), receipts_root(encoded))
 

@@ -82,6 +82,8 @@ class CounterModule:
 
     def end_block(self, block: BlockContext, state: StateView) -> None:
         self.log.append(f"end {self.family}")
+        if block.height == 666:
+            raise RuleError("hook_refused", "hooks cannot reject")
         state.put_obj(f"{self.family}/last_height".encode(), block.height)
 
 
@@ -220,6 +222,11 @@ def test_module_raising_a_non_rule_error_halts_with_a_note() -> None:
     with pytest.raises(KeyError) as info:
         _executor().execute_block(MemoryKV(), _block(), [_tx(ALICE, 0, op="crash", payload={})])
     assert any("programmer error" in note for note in info.value.__notes__)
+
+
+def test_rule_error_from_a_block_hook_is_a_broken_invariant() -> None:
+    with pytest.raises(InvariantViolation, match="hooks may not reject"):
+        _executor().execute_block(MemoryKV(), _block(666), [])
 
 
 def test_module_writing_a_nonce_key_is_a_broken_invariant() -> None:
