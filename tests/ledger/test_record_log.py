@@ -26,7 +26,7 @@ def test_records_survive_reopen_in_append_order(tmp_path: Path) -> None:
 def test_replace_swaps_the_whole_log_and_numbering_restarts(tmp_path: Path) -> None:
     db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
     log = RecordLog(db)
-    log.append([bytes([i]) for i in range(300)])
+    log.append([i.to_bytes(2, "big") for i in range(300)])
     log.replace([b"x", b"y"])
     assert log.load() == [b"x", b"y"] and len(log) == 2
     log.append([b"z"])
