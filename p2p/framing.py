@@ -57,24 +57,80 @@ def decode_body(body: bytes, frame_bytes_max: int) -> dict[str, Any]:
         raise FrameError(f"frame body is not a canonical map: {exc.reason}", code="frame_undecodable") from exc
 
 
-def decode_frames(data: bytes, frame_bytes_max: int) -> list[dict[str, Any] | None]:
-    """Every frame in a complete byte string (None for keepalives), or FrameError.
+def split_frames(
+    data: bytes | bytearray, frame_bytes_max: int
+) -> tuple[list[dict[str, Any] | None], int, FrameError | None]:
+    """Parse the complete frames at the start of `data`.
 
-    The buffer form of `read_frame`, used where bytes arrive whole (and by the fuzz tests).
+    Returns (messages, bytes consumed, error): messages in order (None for keepalives), how
+    far parsing got, and the FrameError that stopped it, if any. An incomplete last frame is
+    not an error: it is left unconsumed for more bytes to complete it. An oversize length is
+    refused as soon as its header is in, without waiting for the body.
     """
     messages: list[dict[str, Any] | None] = []
+    view = memoryview(data)
     offset = 0
-    while offset < len(data):
-        length = parse_length(data[offset : offset + LENGTH_BYTES], frame_bytes_max)
-        offset += LENGTH_BYTES
-        body = data[offset : offset + length]
-        if len(body) != length:
-            raise FrameError(
-                f"frame announces {length} bytes but only {len(body)} follow", code="frame_truncated"
-            )
-        offset += length
-        messages.append(decode_body(body, frame_bytes_max) if length else None)
+    try:
+        while len(data) - offset >= LENGTH_BYTES:
+            length = parse_length(bytes(view[offset : offset + LENGTH_BYTES]), frame_bytes_max)
+            end = offset + LENGTH_BYTES + length
+            if end > len(data):
+                break
+            body = bytes(view[offset + LENGTH_BYTES : end])
+            messages.append(decode_body(body, frame_bytes_max) if length else None)
+            offset = end
+    except FrameError as exc:
+        return messages, offset, exc
+    finally:
+        view.release()
+    return messages, offset, None
+
+
+def decode_frames(data: bytes, frame_bytes_max: int) -> list[dict[str, Any] | None]:
+    """Every frame in a complete byte string (None for keepalives), or FrameError."""
+    messages, consumed, error = split_frames(data, frame_bytes_max)
+    if error is not None:
+        raise error
+    if consumed != len(data):
+        raise FrameError(f"{len(data) - consumed} bytes of an incomplete frame", code="frame_truncated")
     return messages
+
+
+class FrameReader:
+    """Reads frames from a stream in chunks: one await per chunk, not two per frame.
+
+    Messages that arrived before a bad frame are still returned; the FrameError comes on
+    the next call, so a peer cannot make us drop its earlier good messages by accident.
+    """
+
+    __slots__ = ("_buffer", "_error", "_frame_bytes_max", "_reader")
+
+    CHUNK_BYTES = 256 * 1024
+
+    def __init__(self, reader: asyncio.StreamReader, frame_bytes_max: int) -> None:
+        self._reader = reader
+        self._frame_bytes_max = frame_bytes_max
+        self._buffer = bytearray()
+        self._error: FrameError | None = None
+
+    async def read_batch(self) -> list[dict[str, Any] | None]:
+        """The next non-empty list of frames (None entries are keepalives).
+
+        Raises FrameError for a bad frame and asyncio.IncompleteReadError at end of stream
+        (`partial` holds the bytes of an unfinished frame, empty after a clean close).
+        """
+        while True:
+            if self._error is not None:
+                raise self._error
+            chunk = await self._reader.read(self.CHUNK_BYTES)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buffer), None)
+            self._buffer += chunk
+            messages, consumed, self._error = split_frames(self._buffer, self._frame_bytes_max)
+            if consumed:
+                del self._buffer[:consumed]
+            if messages:
+                return messages
 
 
 async def read_frame(reader: asyncio.StreamReader, frame_bytes_max: int) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from ledger.crypto import PUBLIC_KEY_BYTES, KeyPair
 from ledger.errors import LedgerError
-from p2p.framing import KEEPALIVE_FRAME, FrameError, encode_frame, read_frame
+from p2p.framing import KEEPALIVE_FRAME, FrameError, FrameReader, encode_frame
 from p2p.handshake import HandshakeError, accept_handshake, dial_handshake, peer_certificate_der
 from p2p.sendqueue import SendQueue
 from p2p.tls import (
@@ -431,10 +431,11 @@ class PeerNetwork:
         """Deliver frames until the link ends; returns why it ended."""
         peer = connection.peer
         limits = self.limits
+        frames = FrameReader(connection.reader, limits.frame_bytes_max)
         while True:
             try:
                 async with asyncio.timeout(limits.idle_timeout_s):
-                    message = await read_frame(connection.reader, limits.frame_bytes_max)
+                    batch = await frames.read_batch()
             except FrameError as exc:
                 self.counters[f"closed_{exc.code}"] += 1
                 logger.warning("p2p closing link to %s: %s", _short(peer), exc)
@@ -449,12 +450,13 @@ class PeerNetwork:
                 return "peer closed"
             except OSError as exc:
                 return f"read error {exc!r}"
-            if message is None:
-                continue
-            self.counters["frames_received"] += 1
-            result = self._on_message(peer, message)
-            if inspect.isawaitable(result):
-                await result
+            for message in batch:
+                if message is None:
+                    continue
+                self.counters["frames_received"] += 1
+                result = self._on_message(peer, message)
+                if inspect.isawaitable(result):
+                    await result
 
     async def _write_loop(self, connection: _Connection) -> str:
         """Drain the peer's queue into the link; returns why it stopped."""

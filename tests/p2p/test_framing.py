@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ledger.codec import encode
 from p2p import FrameError, backoff_delay_s, decode_frames, encode_frame
-from p2p.framing import read_frame
+from p2p.framing import FrameReader, read_frame
 from p2p.sendqueue import SendQueue
 
 LIMIT = 4096
@@ -107,3 +107,66 @@ def test_backoff_grows_exponentially_up_to_the_cap_with_bounded_jitter() -> None
     # Two nodes with different random sources spread their retries apart; one seed replays.
     assert backoff_delay_s(3, 0.1, 5.0, random.Random(1)) != backoff_delay_s(3, 0.1, 5.0, random.Random(2))
     assert backoff_delay_s(3, 0.1, 5.0, random.Random(1)) == backoff_delay_s(3, 0.1, 5.0, random.Random(1))
+
+
+def _read_all_batches(chunks: list[bytes], limit: int) -> tuple[list[object], BaseException | None]:
+    """Feed `chunks` to a FrameReader, collect messages until it stops, and say why it stopped."""
+
+    async def run() -> tuple[list[object], BaseException | None]:
+        reader = asyncio.StreamReader()
+        for chunk in chunks:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        frames = FrameReader(reader, limit)
+        collected: list[object] = []
+        while True:
+            try:
+                collected.extend(await frames.read_batch())
+            except (FrameError, asyncio.IncompleteReadError) as exc:
+                return collected, exc
+
+    return asyncio.run(run())
+
+
+messages_strategy = st.lists(
+    st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.text(max_size=8),
+            st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=64), st.text(max_size=16)),
+            max_size=4,
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages_strategy, st.lists(st.integers(1, 64), min_size=1, max_size=20))
+def test_frames_split_at_any_chunk_boundaries_come_out_whole_and_in_order(
+    messages: list[dict[str, object] | None], cuts: list[int]
+) -> None:
+    data = b"".join(b"\x00\x00\x00\x00" if item is None else encode_frame(item) for item in messages)
+    chunks, offset, index = [], 0, 0
+    while offset < len(data):
+        size = cuts[index % len(cuts)]
+        chunks.append(data[offset : offset + size])
+        offset, index = offset + size, index + 1
+    collected, stopped_by = _read_all_batches(chunks, LIMIT)
+    assert collected == messages
+    assert isinstance(stopped_by, asyncio.IncompleteReadError) and stopped_by.partial == b""
+
+
+def test_good_frames_before_a_bad_one_in_the_same_chunk_are_still_delivered() -> None:
+    data = encode_frame({"n": 1}) + encode_frame({"n": 2}) + struct.pack(">I", LIMIT + 1)
+    collected, stopped_by = _read_all_batches([data], LIMIT)
+    assert collected == [{"n": 1}, {"n": 2}]
+    assert isinstance(stopped_by, FrameError) and stopped_by.code == "frame_oversize"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), max_size=6))
+def test_frame_reader_on_random_chunks_ends_in_a_typed_error_only(chunks: list[bytes]) -> None:
+    collected, stopped_by = _read_all_batches(chunks, LIMIT)
+    assert isinstance(stopped_by, FrameError | asyncio.IncompleteReadError)
+    assert all(item is None or isinstance(item, dict) for item in collected)
