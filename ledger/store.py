@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +36,7 @@ import plyvel
 from ledger.block import Block, CommitCertificate, Header, receipts_root_of
 from ledger.crypto import HASH_BYTES, sha256
 from ledger.errors import LedgerError, invariant
+from ledger.merkle import merkle_proof
 
 StateOp = tuple[bytes, bytes | None]
 
@@ -55,6 +57,21 @@ RANGE_BLOCKS_MAX = 256
 _H8 = struct.Struct(">Q")
 _LOCATION = struct.Struct(">QI")
 _TIP = struct.Struct(">Q32sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class TxInclusion:
+    """Everything a light client needs to check a tx and its receipt against a header
+    (with `ledger.block.verify_tx_inclusion` / `verify_receipt_inclusion`); pair it with
+    the height's commit certificate for finality."""
+
+    header: Header
+    index: int
+    count: int
+    tx: bytes
+    receipt: bytes
+    tx_proof: list[bytes]
+    receipt_proof: list[bytes]
 
 
 class StoreError(LedgerError):
@@ -286,6 +303,20 @@ class BlockStore:
             return None
         value: bytes | None = self.db.get(_location_key(RECEIPT_PREFIX, *location))
         return value
+
+    def tx_inclusion(self, tx_hash: bytes) -> TxInclusion | None:
+        """A tx with its receipt and Merkle proofs of both against its block's header."""
+        location = self.tx_location(tx_hash)
+        if location is None:
+            return None
+        height, index = location
+        header = self.header(height)
+        invariant(header is not None, f"tx index points at missing block {height}")
+        assert header is not None  # for the type checker
+        txs, receipts = self.txs(height), self.receipts(height)
+        invariant(len(txs) == len(receipts) > index, f"block {height} is stored incompletely")
+        return TxInclusion(header, index, len(txs), txs[index], receipts[index],
+                           merkle_proof(txs, index), merkle_proof(receipts, index))
 
     def blocks_range(
         self, from_height: int, to_height: int, *, limit: int = RANGE_BLOCKS_MAX

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ledger.block import Block, CommitCertificate
+from ledger.block import (
+    Block,
+    CommitCertificate,
+    verify_receipt_inclusion,
+    verify_tx_inclusion,
+)
 from ledger.codec import encode
 from ledger.crypto import sha256
 from ledger.store import (
@@ -128,6 +133,23 @@ def test_appended_block_is_readable_every_way_and_survives_reopen(tmp_path: Path
         assert store.db.get(b"s/test/height") == struct.pack(">Q", 1)
         assert store.db.get(b"p/vote") == b"v"
         assert store.block(2) is None and store.block_by_hash(sha256(b"?")) is None
+
+
+def test_tx_inclusion_proves_tx_and_receipt_against_the_stored_header(
+    store: BlockStore,
+) -> None:
+    append_next(store, 1)
+    block = append_next(store, 5)
+    tx = block.txs[3]
+    inclusion = store.tx_inclusion(sha256(tx))
+    assert inclusion is not None
+    assert inclusion.header == block.header and (inclusion.index, inclusion.count) == (3, 5)
+    assert inclusion.tx == tx and inclusion.receipt == store.receipt(sha256(tx))
+    assert verify_tx_inclusion(block.header, tx, 3, 5, inclusion.tx_proof)
+    assert verify_receipt_inclusion(block.header, inclusion.receipt, 3, 5,
+                                    inclusion.receipt_proof)
+    assert not verify_tx_inclusion(block.header, block.txs[2], 3, 5, inclusion.tx_proof)
+    assert store.tx_inclusion(sha256(b"unknown")) is None
 
 
 def test_empty_block_is_stored_and_read_back(store: BlockStore) -> None:
