@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -92,7 +92,9 @@ class Workload:
             from txtypes.roles import grant_role
             from txtypes.tokens import TokensFamily
 
-            self.module = TokensFamily()
+            # cast: RuleModule declares `family` as an instance attribute, TxFamily as a
+            # ClassVar; a read-only property in the Protocol would accept both.
+            self.module = cast(RuleModule, TokensFamily())
             genesis = Overlay(MemoryKV())
             grant_role(genesis, treasury.address, "treasury")
             self.genesis_writes = dict(genesis.writes)

@@ -307,3 +307,19 @@ def test_historical_proofs_match_the_root_and_value_at_each_height(
             value, proof = state.prove_at(key, height)
             assert value == snapshots[height].get(key)
             assert verify_state_proof(roots[height], key, value, proof)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bucket=st.integers(-5, 70_000),
+    entries=st.lists(st.tuples(st.binary(max_size=6), st.binary(max_size=33)), max_size=4),
+    siblings=st.lists(st.binary(min_size=31, max_size=33), max_size=17),
+    key=st.binary(max_size=6),
+    value=st.one_of(st.none(), st.binary(max_size=4)),
+)
+def test_verifying_any_proof_returns_a_bool_and_never_raises(
+    bucket: int, entries: list[tuple[bytes, bytes]], siblings: list[bytes], key: bytes,
+    value: bytes | None,
+) -> None:
+    proof = StateProof(bucket, tuple(entries), tuple(siblings))
+    assert verify_state_proof(state_root_of({}), key, value, proof) is False
