@@ -30,6 +30,7 @@ from rpc.methods import (
     TX_GET,
     TX_SUBMIT,
     VALIDATORS_LIST,
+    jsonable,
 )
 
 # Never sent by a server: marks failures to reach the node or to read its answer.
@@ -124,7 +125,8 @@ class RpcClient:
             raise TypeError("pass params either by position or by name, not both")
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
         if args or params:
-            request["params"] = list(args) if args else params
+            # Bytes travel as lowercase hex (docs/RPC.md), so callers may pass bytes.
+            request["params"] = jsonable(list(args) if args else params)
         answer = await self._post(request)
         return self._unwrap(answer, request["id"])
 
@@ -132,7 +134,7 @@ class RpcClient:
         """Send a notification: no answer, no error reported."""
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params:
-            request["params"] = params
+            request["params"] = jsonable(params)
         await self._post(request)
 
     async def batch(self, calls: Sequence[tuple[str, dict[str, Any] | list[Any]]]
@@ -146,7 +148,8 @@ class RpcClient:
         first_id = next(self._ids)
         self._ids = itertools.count(first_id + len(calls))
         requests = [
-            {"jsonrpc": "2.0", "method": method, "params": params, "id": first_id + index}
+            {"jsonrpc": "2.0", "method": method, "params": jsonable(params),
+             "id": first_id + index}
             for index, (method, params) in enumerate(calls)
         ]
         answer = await self._post(requests)

@@ -274,7 +274,7 @@ class RpcDispatcher:
             return None
         try:
             return encode_json(response)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.exception("RPC method %s returned a result that is not JSON", call.method)
             return encode_json(error_response(call.request_id, INTERNAL_ERROR, "internal error"))
 

@@ -128,7 +128,14 @@ def create_rpc_app(
         return _json_response(answer)
 
     async def handle_health(request: web.Request) -> web.Response:
-        report: Mapping[str, Any] = {"status": "ok"} if health is None else await health()
+        report: Mapping[str, Any] = {"status": "ok"}
+        if health is not None:
+            # A failing probe must read as "not ready", not as a crashed server.
+            try:
+                report = await health()
+            except Exception:
+                log.exception("health check failed")
+                report = {"status": "error"}
         status = 200 if report.get("status") == "ok" else 503
         return _json_response(encode_json(dict(report)), status=status)
 

@@ -45,6 +45,14 @@ def test_call_by_name_and_by_position_round_trips(rpc_url: str) -> None:
     assert asyncio.run(scenario()) == ("hihi", 42)
 
 
+def test_bytes_params_are_sent_as_lowercase_hex(rpc_url: str) -> None:
+    async def scenario() -> object:
+        async with RpcClient(rpc_url) as client:
+            return await client.call("echo", text=b"\xab\x01")
+
+    assert asyncio.run(scenario()) == "ab01"
+
+
 def test_call_refuses_mixed_positional_and_named_params(rpc_url: str) -> None:
     async def scenario() -> None:
         async with RpcClient(rpc_url) as client:

@@ -41,6 +41,14 @@ def test_ten_megabyte_body_is_refused_with_413_json_and_next_request_works(rpc_u
     asyncio.run(scenario())
 
 
+def test_ten_megabyte_body_from_a_blocking_client_gets_the_413_too(rpc_url: str) -> None:
+    body = b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1,"pad":"' + b"p" * TEN_MB + b'"}'
+    answer = post_raw(rpc_url, body)
+    assert answer.status == 413
+    assert answer.json()["error"]["code"] == LIMIT_EXCEEDED
+    assert post_json(rpc_url, add_call(3, 4)).json()["result"] == 7
+
+
 def test_oversized_content_length_is_refused_before_the_body_is_sent(rpc_url: str) -> None:
     parts = urlsplit(rpc_url)
     assert parts.hostname is not None and parts.port is not None
@@ -133,6 +141,23 @@ def test_health_reports_503_while_the_node_says_it_is_not_ok() -> None:
         assert asyncio.run(probe()) == (503, {"status": "syncing", "height": 3})
         state["status"] = "ok"
         assert asyncio.run(probe())[0] == 200
+    finally:
+        server.stop()
+
+
+def test_health_check_that_raises_reads_as_not_ready() -> None:
+    async def health() -> Mapping[str, Any]:
+        raise RuntimeError("store closed")
+
+    server = ServerThread(create_rpc_app(MethodSet().methods(), health=health)).start()
+
+    async def probe() -> tuple[int, Any]:
+        url = server.url.replace("/rpc", "/health")
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status, await response.json()
+
+    try:
+        assert asyncio.run(probe()) == (503, {"status": "error"})
     finally:
         server.stop()
 
