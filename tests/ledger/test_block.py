@@ -230,6 +230,25 @@ def test_certificate_round_trips_and_keeps_signatures_sorted() -> None:
     assert cert.verify(CHAIN_ID, VALIDATORS) is None
 
 
+@given(st.integers(1, 2**63 - 1), uint63, hashes,
+       st.lists(st.tuples(hashes, st.binary(min_size=64, max_size=64)), min_size=1,
+                max_size=12, unique_by=lambda pair: pair[0]))
+def test_any_well_formed_certificate_round_trips(
+    seq: int, view: int, block_hash: bytes, signatures: list[tuple[bytes, bytes]]
+) -> None:
+    cert = CommitCertificate(seq, view, block_hash, tuple(signatures))
+    assert CommitCertificate.decode(cert.encode()) == cert
+    assert list(cert.signatures) == sorted(signatures)
+
+
+@settings(max_examples=50)
+@given(headers(), st.lists(st.binary(min_size=1, max_size=200), max_size=20, unique=True))
+def test_any_well_formed_block_round_trips(header: Header, txs: list[bytes]) -> None:
+    block = Block(header, tuple(txs))
+    decoded = Block.decode(block.encode())
+    assert decoded == block and decoded.hash == header.hash
+
+
 def test_certificate_decode_rejects_unsorted_signatures() -> None:
     cert = sign_certificate(sha256(b"block"), 5, 1, VALIDATOR_KEYS[:3])
     fields = cert.to_map()
