@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
+from ledger.overlay import MemoryKV, Overlay
 from tests.txtypes.conftest import Cast, Chain, key
-from txtypes.balances import balance_of
+from txtypes.balances import balance_of, move
 from txtypes.credentials import commit_attributes
 from txtypes.identity import did_for_address
 from txtypes.tokens import (
+    TokensFamily,
     merchant_get,
     merchant_owed_cents,
     sum_balances,
@@ -287,6 +289,19 @@ def test_anyone_burns_expired_units_of_accounts_but_not_of_merchants(chain: Chai
                  code="unknown_class")
 
 
+def test_burn_expired_leaves_pseudo_account_holdings_to_their_modules(chain: Chain) -> None:
+    setup_city(chain)
+    issue(chain, Cast.citizen.address, 30)
+    # What the contracts module does when it locks funds in escrow.
+    locking = Overlay(chain.kv)
+    move(locking, "social", Cast.citizen.address, "escrow:7", 12)
+    chain.kv.apply(locking.writes)
+    chain.advance_to(100)
+    assert chain.ok(Cast.outsider, "tokens", "burn_expired", {"class_id": "social"})["burned"] == 18
+    assert balance_of(chain.state, "social", "escrow:7") == 12
+    assert_supply_balanced(chain)
+
+
 def test_burn_expired_works_in_bounded_batches(chain: Chain) -> None:
     setup_city(chain)
     holders = [key(f"holder-{i}").address for i in range(5)]
@@ -313,8 +328,6 @@ def test_replayed_issue_is_refused_by_nonce(chain: Chain) -> None:
 
 @pytest.mark.parametrize("params", [{"anything": 1}])
 def test_tokens_genesis_takes_no_parameters(params: dict[str, Any]) -> None:
-    from ledger.overlay import MemoryKV, Overlay
-    from txtypes.tokens import TokensFamily
 
     with pytest.raises(ValueError, match="no genesis parameters"):
         TokensFamily().init_genesis(Overlay(MemoryKV()), params)
