@@ -150,6 +150,7 @@ def post_raw(url: str, body: bytes, content_type: str = "application/json",
              headers: dict[str, str] | None = None) -> HttpAnswer:
     """POST bytes with the standard library, so tests control every header and byte."""
     parts = urlsplit(url)
+    assert parts.hostname is not None
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         all_headers = {"Content-Type": content_type, **(headers or {})}

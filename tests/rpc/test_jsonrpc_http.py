@@ -189,6 +189,14 @@ def test_batch_of_only_notifications_returns_no_content(
     assert test_methods.notes[-3:] == ["n0", "n1", "n2"]
 
 
+def test_batch_calls_start_in_the_order_sent(rpc_url: str, test_methods: MethodSet) -> None:
+    before = len(test_methods.notes)
+    values = [f"order-{i}" for i in range(30)]
+    answer = post_json(rpc_url, [call("note", [value], i) for i, value in enumerate(values)])
+    assert answer.status == 200
+    assert test_methods.notes[before:] == values
+
+
 def test_batch_over_the_limit_is_refused_whole(rpc_url: str, test_methods: MethodSet) -> None:
     before = len(test_methods.notes)
     batch = [call("note", [f"v{i}"], i) for i in range(101)]

@@ -77,7 +77,7 @@ class InMemoryLedger:
             # Let other submits interleave, as a real mempool admission would.
             await asyncio.sleep(0)
             self.txs[tx.hash.hex()] = tx
-            answer = {"hash": tx.hash.hex()}
+            answer: dict[str, Any] = {"hash": tx.hash.hex()}
             if params.wait:
                 answer["receipt"] = {"status": "ok", "height": len(self.txs)}
             return answer
