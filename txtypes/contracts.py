@@ -84,14 +84,14 @@ def require_lockable_class(state: StateReader, class_id: str, height: int) -> No
     """RuleError unless units of `class_id` may be locked and paid out to another party."""
     record = token_class_record(state, class_id)
     if record is None:
-        raise RuleError("unknown_token_class", f"no token class {class_id!r}")
+        raise RuleError("unknown_class", f"no token class {class_id!r}")
     if record.get("transferable", True) is False:
-        raise RuleError("token_not_transferable",
+        raise RuleError("not_transferable",
                         f"token class {class_id!r} is purpose-bound and cannot be paid to "
                         "another party through a contract")
     expiry = record.get("expiry_height")
     if isinstance(expiry, int) and not isinstance(expiry, bool) and height >= expiry:
-        raise RuleError("token_class_expired",
+        raise RuleError("class_expired",
                         f"token class {class_id!r} expired at height {expiry}")
 
 

@@ -197,7 +197,7 @@ def test_escrow_can_still_be_released_inside_its_deadline_block(h: Harness) -> N
     [
         ({"template": "lottery", "class_id": CLASS, "terms": {}}, "unknown_template"),
         ({"template": "escrow", "class_id": CLASS, "terms": {"payee": "nobody"}}, "invalid_terms"),
-        ({"template": "escrow", "class_id": "nosuch", "terms": escrow_terms()}, "unknown_token_class"),
+        ({"template": "escrow", "class_id": "nosuch", "terms": escrow_terms()}, "unknown_class"),
         ({"template": "escrow", "class_id": CLASS, "terms": escrow_terms(deadline=START_HEIGHT)},
          "deadline_not_in_future"),
         ({"template": "escrow", "class_id": CLASS, "terms": escrow_terms(amount=1001)},
@@ -226,7 +226,7 @@ def test_purpose_bound_token_class_cannot_be_escrowed(h: Harness) -> None:
     h.fund(PAYER, 100, "social")
     code = h.rejected(PAYER, "create", {"template": "escrow", "class_id": "social",
                                         "terms": escrow_terms(50)})
-    assert code == "token_not_transferable"
+    assert code == "not_transferable"
 
 
 def test_expired_token_class_cannot_be_escrowed(h: Harness) -> None:
@@ -234,7 +234,7 @@ def test_expired_token_class_cannot_be_escrowed(h: Harness) -> None:
     h.fund(PAYER, 100, "old")
     code = h.rejected(PAYER, "create", {"template": "escrow", "class_id": "old",
                                         "terms": escrow_terms(50)})
-    assert code == "token_class_expired"
+    assert code == "class_expired"
 
 
 def test_act_rejections_for_unknown_contract_action_and_args(h: Harness) -> None:
