@@ -20,9 +20,9 @@ from typing import Any
 
 from ledger.codec import encode
 from ledger.crypto import sha256
-from ledger.rules import StateView
+from ledger.overlay import KeyValueReader
+from txtypes.governance import holds_role
 from txtypes.identity import ROLE_ISSUER, credential_get, did_record
-from txtypes.roles import has_role
 
 SALT_BYTES_MIN = 16
 SALT_BYTES_DEFAULT = 16
@@ -64,7 +64,7 @@ def commit_attributes(
     return commitments, chosen
 
 
-def credential_status(state: StateView, credential_id: str, at_height: int) -> VerificationResult:
+def credential_status(state: KeyValueReader, credential_id: str, at_height: int) -> VerificationResult:
     """Is the credential itself valid at `at_height` (exists, issuer still authorised,
     not revoked, not expired, subject DID still active)?"""
     record = credential_get(state, credential_id)
@@ -74,7 +74,7 @@ def credential_status(state: StateView, credential_id: str, at_height: int) -> V
         return VerificationResult(False, f"revoked at height {record.get('revoked_height')}", record)
     if at_height >= int(record["expiry_height"]):
         return VerificationResult(False, f"expired at height {record['expiry_height']}", record)
-    if not has_role(state, record["issuer"], ROLE_ISSUER):
+    if not holds_role(state, record["issuer"], ROLE_ISSUER):
         return VerificationResult(
             False, f"issuer {record['issuer']} no longer holds the issuer role", record
         )
@@ -85,7 +85,7 @@ def credential_status(state: StateView, credential_id: str, at_height: int) -> V
 
 
 def verify_disclosure(
-    state: StateView,
+    state: KeyValueReader,
     credential_id: str,
     attribute: str,
     value: AttributeValue,
@@ -112,7 +112,7 @@ def verify_disclosure(
 
 
 def credential_verify(
-    state: StateView,
+    state: KeyValueReader,
     credential_id: str,
     attribute: str,
     value: AttributeValue,

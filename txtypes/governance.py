@@ -35,9 +35,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from ledger.codec import decode
+from ledger.overlay import KeyValueReader
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from txtypes.base import Payload, TxFamily
-from txtypes.roles import grant_role, has_role, holders, revoke_role
+from txtypes.roles import ROLE_PREFIX, grant_role, revoke_role, role_key
 
 # -- shared field types (identity and tokens use them too) ----------------------------------
 ADDRESS_PATTERN = r"^[0-9a-f]{40}$"
@@ -108,6 +109,26 @@ class ApprovePayload(Payload):
 
 
 # -- pure queries ---------------------------------------------------------------------------
+# Queries take any key-value reader (get + scan): a rule's StateView, or the committed
+# state's reader when the RPC answers a read method.
+ROLE_LIST_MAX = 1000
+
+
+def read_obj(state: KeyValueReader, key: bytes) -> Any | None:
+    """The canonically decoded value at `key`, or None."""
+    raw = state.get(key)
+    return None if raw is None else decode(raw)
+
+
+def holds_role(state: KeyValueReader, address: str, role: str) -> bool:
+    return state.get(role_key(role, address)) is not None
+
+
+def role_holders(state: KeyValueReader, role: str) -> list[str]:
+    prefix = ROLE_PREFIX + role.encode() + b"/"
+    return [key[len(prefix):].decode() for key, _ in state.scan(prefix, ROLE_LIST_MAX)]
+
+
 def proposal_key(proposal_id: int) -> bytes:
     return PROPOSAL_PREFIX + f"{proposal_id:016d}".encode()
 
@@ -120,31 +141,31 @@ def param_key(module: str, name: str) -> bytes:
     return PARAM_PREFIX + module.encode() + b"/" + name.encode()
 
 
-def governance_config(state: StateView) -> dict[str, int]:
-    config = state.get_obj(CONFIG_KEY)
+def governance_config(state: KeyValueReader) -> dict[str, int]:
+    config = read_obj(state, CONFIG_KEY)
     if not isinstance(config, dict):
         return {"approval_quorum": 1, "proposal_ttl_blocks": PROPOSAL_TTL_BLOCKS_DEFAULT}
     return {"approval_quorum": int(config["approval_quorum"]),
             "proposal_ttl_blocks": int(config["proposal_ttl_blocks"])}
 
 
-def param_get(state: StateView, module: str, name: str, default: Any = None) -> Any:
+def param_get(state: KeyValueReader, module: str, name: str, default: Any = None) -> Any:
     """A rule-module parameter set by governance, or `default` if never set."""
-    value = state.get_obj(param_key(module, name))
+    value = read_obj(state, param_key(module, name))
     return default if value is None else value
 
 
-def agencies(state: StateView) -> list[str]:
-    return holders(state, ROLE_AGENCY)
+def agencies(state: KeyValueReader) -> list[str]:
+    return role_holders(state, ROLE_AGENCY)
 
 
-def governance_proposal_get(state: StateView, proposal_id: int) -> dict[str, Any] | None:
-    record = state.get_obj(proposal_key(proposal_id))
+def governance_proposal_get(state: KeyValueReader, proposal_id: int) -> dict[str, Any] | None:
+    record = read_obj(state, proposal_key(proposal_id))
     return dict(record) if isinstance(record, dict) else None
 
 
 def governance_proposals(
-    state: StateView, status: str | None = None, limit: int = 100
+    state: KeyValueReader, status: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Proposals in id order, optionally only those with `status`
     ("open", "executed", "failed", "expired")."""
@@ -158,19 +179,19 @@ def governance_proposals(
     return out
 
 
-def governance_roles(state: StateView, role: str) -> list[str]:
-    return holders(state, role)
+def governance_roles(state: KeyValueReader, role: str) -> list[str]:
+    return role_holders(state, role)
 
 
-def validators_pending(state: StateView) -> dict[str, Any] | None:
+def validators_pending(state: KeyValueReader) -> dict[str, Any] | None:
     """The approved validator-set change the node must hand to consensus, if any."""
-    record = state.get_obj(VALIDATORS_PENDING_KEY)
+    record = read_obj(state, VALIDATORS_PENDING_KEY)
     return dict(record) if isinstance(record, dict) else None
 
 
 # -- validation shared by propose and execute ------------------------------------------------
 def _require_agency(state: StateView, address: str) -> None:
-    if not has_role(state, address, ROLE_AGENCY):
+    if not holds_role(state, address, ROLE_AGENCY):
         raise RuleError("not_agency", f"account {address} is not an agency account")
 
 
@@ -186,7 +207,7 @@ def _validate_action(state: StateView, action: Mapping[str, Any]) -> None:
         _require("role", action.get("role"), kind)
         _require("address", action.get("address"), kind)
         role, address = action["role"], action["address"]
-        held = has_role(state, address, role)
+        held = holds_role(state, address, role)
         if kind == "grant_role" and held:
             raise RuleError("role_already_held", f"{address} already holds {role!r}")
         if kind == "revoke_role" and not held:
@@ -264,13 +285,13 @@ def _close(state: StateView, proposal: dict[str, Any], status: str) -> None:
     proposal["status"] = status
     state.put_obj(proposal_key(proposal["id"]), proposal)
     state.delete(_expiry_key(proposal["expires_at_height"], proposal["id"]))
-    open_count = int(state.get_obj(OPEN_COUNT_KEY) or 0)
+    open_count = int(read_obj(state, OPEN_COUNT_KEY) or 0)
     state.put_obj(OPEN_COUNT_KEY, max(0, open_count - 1))
 
 
 def _tally_and_maybe_execute(state: StateView, proposal: dict[str, Any], height: int) -> None:
     """Count approvals from current agencies; at the quorum, execute (or fail) the action."""
-    current = sum(1 for address in proposal["approvals"] if has_role(state, address, ROLE_AGENCY))
+    current = sum(1 for address in proposal["approvals"] if holds_role(state, address, ROLE_AGENCY))
     if current < governance_config(state)["approval_quorum"]:
         state.put_obj(proposal_key(proposal["id"]), proposal)
         return
@@ -373,7 +394,7 @@ class GovernanceFamily(TxFamily):
         payload = ctx.payload
         assert isinstance(payload, ProposePayload)
         _require_agency(state, ctx.sender_address)
-        if int(state.get_obj(OPEN_COUNT_KEY) or 0) >= OPEN_PROPOSALS_MAX:
+        if int(read_obj(state, OPEN_COUNT_KEY) or 0) >= OPEN_PROPOSALS_MAX:
             raise RuleError("too_many_open_proposals",
                             f"{OPEN_PROPOSALS_MAX} proposals are open; approve or let some expire")
         _validate_action(state, _action_of(payload))
@@ -382,7 +403,7 @@ class GovernanceFamily(TxFamily):
         payload = ctx.payload
         assert isinstance(payload, ProposePayload)
         height = ctx.block.height
-        proposal_id = int(state.get_obj(NEXT_PROPOSAL_ID_KEY) or 1)
+        proposal_id = int(read_obj(state, NEXT_PROPOSAL_ID_KEY) or 1)
         ttl = payload.ttl_blocks or governance_config(state)["proposal_ttl_blocks"]
         proposal: dict[str, Any] = {
             "id": proposal_id,
@@ -395,7 +416,7 @@ class GovernanceFamily(TxFamily):
             "status": "open",
         }
         state.put_obj(NEXT_PROPOSAL_ID_KEY, proposal_id + 1)
-        state.put_obj(OPEN_COUNT_KEY, int(state.get_obj(OPEN_COUNT_KEY) or 0) + 1)
+        state.put_obj(OPEN_COUNT_KEY, int(read_obj(state, OPEN_COUNT_KEY) or 0) + 1)
         state.put_obj(_expiry_key(proposal["expires_at_height"], proposal_id), True)
         _tally_and_maybe_execute(state, proposal, height)
         return {"proposal_id": proposal_id, "status": proposal["status"]}

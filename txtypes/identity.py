@@ -32,10 +32,11 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field, StringConstraints
 
 from ledger.crypto import address_of, signing_payload, verify
+from ledger.overlay import KeyValueReader
 from ledger.rules import RuleError, StateView, TxContext
 from txtypes.base import Payload, TxFamily
-from txtypes.governance import ROLE_AGENCY, Address, Name, PublicKeyHex
-from txtypes.roles import has_role, require_role
+from txtypes.governance import ROLE_AGENCY, Address, Name, PublicKeyHex, holds_role, read_obj
+from txtypes.roles import require_role
 
 ROLE_ISSUER = "issuer"
 DID_METHOD_PREFIX = "did:city:"
@@ -119,12 +120,12 @@ def subject_key(did: str, credential_id: str) -> bytes:
     return SUBJECT_PREFIX + did.encode() + b"/" + credential_id.encode()
 
 
-def did_record(state: StateView, did: str) -> dict[str, Any] | None:
-    record = state.get_obj(did_key(did))
+def did_record(state: KeyValueReader, did: str) -> dict[str, Any] | None:
+    record = read_obj(state, did_key(did))
     return dict(record) if isinstance(record, dict) else None
 
 
-def did_controller_address(state: StateView, did: str) -> str | None:
+def did_controller_address(state: KeyValueReader, did: str) -> str | None:
     """The address of the key that currently controls an active DID, else None."""
     record = did_record(state, did)
     if record is None or record["status"] != "active":
@@ -132,17 +133,17 @@ def did_controller_address(state: StateView, did: str) -> str | None:
     return str(record["controller"])
 
 
-def did_of_controller(state: StateView, address: str) -> str | None:
-    did = state.get_obj(controller_key(address))
+def did_of_controller(state: KeyValueReader, address: str) -> str | None:
+    did = read_obj(state, controller_key(address))
     return did if isinstance(did, str) else None
 
 
-def credential_get(state: StateView, credential_id: str) -> dict[str, Any] | None:
-    record = state.get_obj(credential_key(credential_id))
+def credential_get(state: KeyValueReader, credential_id: str) -> dict[str, Any] | None:
+    record = read_obj(state, credential_key(credential_id))
     return dict(record) if isinstance(record, dict) else None
 
 
-def identity_get(state: StateView, did: str) -> dict[str, Any] | None:
+def identity_get(state: KeyValueReader, did: str) -> dict[str, Any] | None:
     """RPC view of a DID: its record plus the ids of credentials issued about it."""
     if not re.match(DID_PATTERN, did):
         return None
@@ -258,7 +259,7 @@ class IdentityFamily(TxFamily):
         p = ctx.payload
         assert isinstance(p, GuardianPayload)
         record = _require_controller(state, p.did, ctx.sender_address)
-        if not has_role(state, p.guardian, ROLE_AGENCY):
+        if not holds_role(state, p.guardian, ROLE_AGENCY):
             raise RuleError("guardian_not_agency",
                             f"{p.guardian} is not an agency account; only agencies may be guardians")
         if p.guardian in record["guardians"]:
@@ -298,7 +299,7 @@ class IdentityFamily(TxFamily):
         record = _require_did(state, p.did)
         if ctx.sender_address not in record["guardians"]:
             raise RuleError("not_guardian", f"{ctx.sender_address} is not a guardian of {p.did}")
-        if not has_role(state, ctx.sender_address, ROLE_AGENCY):
+        if not holds_role(state, ctx.sender_address, ROLE_AGENCY):
             raise RuleError("guardian_not_agency",
                             f"guardian {ctx.sender_address} no longer holds the agency role")
         _check_new_key(state, ctx.tx.chain_id, p.did, p.new_public_key, p.new_key_signature)

@@ -38,11 +38,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from ledger.codec import decode
+from ledger.overlay import KeyValueReader
 from ledger.rules import RuleError, StateView, TxContext
 from txtypes.balances import BALANCE_PREFIX, balance_key, balance_of, credit, debit, move
 from txtypes.base import Payload, TxFamily
 from txtypes.credentials import credential_status
-from txtypes.governance import Address, Label, Name
+from txtypes.governance import Address, Label, Name, read_obj
 from txtypes.identity import did_controller_address
 from txtypes.roles import require_role
 
@@ -135,13 +136,13 @@ def owed_key(merchant: str) -> bytes:
     return OWED_PREFIX + merchant.encode()
 
 
-def token_class(state: StateView, class_id: str) -> dict[str, Any] | None:
+def token_class(state: KeyValueReader, class_id: str) -> dict[str, Any] | None:
     """The class record, or None if no such class is defined."""
-    record = state.get_obj(class_key(class_id))
+    record = read_obj(state, class_key(class_id))
     return dict(record) if isinstance(record, dict) else None
 
 
-def require_class(state: StateView, class_id: str) -> dict[str, Any]:
+def require_class(state: KeyValueReader, class_id: str) -> dict[str, Any]:
     """The class record, or RuleError("unknown_class")."""
     record = token_class(state, class_id)
     if record is None:
@@ -153,7 +154,7 @@ def class_expired(record: Mapping[str, Any], height: int) -> bool:
     return height >= int(record["expiry_height"])
 
 
-def require_active_class(state: StateView, class_id: str, height: int) -> dict[str, Any]:
+def require_active_class(state: KeyValueReader, class_id: str, height: int) -> dict[str, Any]:
     """The class record if it exists and has not expired at `height`, else RuleError."""
     record = require_class(state, class_id)
     if class_expired(record, height):
@@ -162,7 +163,7 @@ def require_active_class(state: StateView, class_id: str, height: int) -> dict[s
     return record
 
 
-def token_class_get(state: StateView, class_id: str) -> dict[str, Any] | None:
+def token_class_get(state: KeyValueReader, class_id: str) -> dict[str, Any] | None:
     """RPC view of a class: its definition plus its supply record."""
     record = token_class(state, class_id)
     if record is None:
@@ -170,29 +171,30 @@ def token_class_get(state: StateView, class_id: str) -> dict[str, Any] | None:
     return {**record, "supply": supply_record(state, class_id)}
 
 
-def token_balance(state: StateView, class_id: str, holder: str) -> dict[str, Any]:
-    return {"class_id": class_id, "holder": holder, "balance": balance_of(state, class_id, holder)}
+def token_balance(state: KeyValueReader, class_id: str, holder: str) -> dict[str, Any]:
+    raw = state.get(balance_key(class_id, holder))
+    return {"class_id": class_id, "holder": holder, "balance": 0 if raw is None else decode(raw)}
 
 
-def supply_record(state: StateView, class_id: str) -> dict[str, int]:
+def supply_record(state: KeyValueReader, class_id: str) -> dict[str, int]:
     """issued, redeemed, burned and outstanding (= issued - redeemed - burned) units."""
-    raw = state.get_obj(supply_key(class_id))
+    raw = read_obj(state, supply_key(class_id))
     record = raw if isinstance(raw, dict) else {"issued": 0, "redeemed": 0, "burned": 0}
     issued, redeemed, burned = int(record["issued"]), int(record["redeemed"]), int(record["burned"])
     return {"issued": issued, "redeemed": redeemed, "burned": burned,
             "outstanding": issued - redeemed - burned}
 
 
-def merchant_get(state: StateView, address: str) -> dict[str, Any] | None:
-    record = state.get_obj(merchant_key(address))
+def merchant_get(state: KeyValueReader, address: str) -> dict[str, Any] | None:
+    record = read_obj(state, merchant_key(address))
     return dict(record) if isinstance(record, dict) else None
 
 
-def merchant_owed_cents(state: StateView, merchant: str) -> int:
-    return int(state.get_obj(owed_key(merchant)) or 0)
+def merchant_owed_cents(state: KeyValueReader, merchant: str) -> int:
+    return int(read_obj(state, owed_key(merchant)) or 0)
 
 
-def sum_balances(state: StateView, class_id: str, scan_max: int = 1_000_000) -> int:
+def sum_balances(state: KeyValueReader, class_id: str, scan_max: int = 1_000_000) -> int:
     """Sum of every holder's balance of a class (audits and invariant tests)."""
     prefix = BALANCE_PREFIX + class_id.encode() + b"/"
     return sum(int(decode(raw)) for _, raw in state.scan(prefix, scan_max))
@@ -382,7 +384,7 @@ class TokensFamily(TxFamily):
         _bump_supply(state, p.class_id, "redeemed", p.amount)
         owed = merchant_owed_cents(state, ctx.sender_address) + cents
         state.put_obj(owed_key(ctx.sender_address), owed)
-        seq = int(state.get_obj(NEXT_REDEMPTION_KEY) or 1)
+        seq = int(read_obj(state, NEXT_REDEMPTION_KEY) or 1)
         state.put_obj(NEXT_REDEMPTION_KEY, seq + 1)
         state.put_obj(REDEMPTION_PREFIX + f"{seq:016d}".encode(), {
             "seq": seq, "merchant": ctx.sender_address, "class_id": p.class_id,

@@ -23,8 +23,10 @@ from ledger.rules import BlockContext
 from ledger.state import WorldState
 from ledger.tx import Tx, sign_tx
 from tests.txtypes.conftest import CHAIN_ID, Cast, city_genesis, city_modules, key
-from txtypes.credentials import commit_attributes
-from txtypes.identity import did_for_address, key_binding_message
+from txtypes.credentials import commit_attributes, credential_verify
+from txtypes.governance import governance_proposals
+from txtypes.identity import did_for_address, identity_get, key_binding_message
+from txtypes.tokens import token_balance, token_class_get
 
 REPO = Path(__file__).resolve().parents[2]
 TIMESTAMP_BASE_MS = 1_800_000_000_000
@@ -114,6 +116,10 @@ def city_day() -> list[list[Tx]]:
 
 def run_city_day() -> list[tuple[str, str, int, int]]:
     """(state root, receipts root, accepted, rejected) after genesis and after every block."""
+    return execute_city_day()[1]
+
+
+def execute_city_day() -> tuple[WorldState, list[tuple[str, str, int, int]]]:
     state = WorldState.in_memory()
     modules = city_modules()
     seed = Overlay(state.reader())
@@ -128,7 +134,7 @@ def run_city_day() -> list[tuple[str, str, int, int]]:
         root = state.commit(result.writes, height=height)
         rejected = sum(1 for receipt in result.receipts if not receipt.ok)
         trace.append((root.hex(), result.receipts_root.hex(), len(txs) - rejected, rejected))
-    return trace
+    return state, trace
 
 
 def test_same_blocks_on_two_fresh_states_give_identical_roots() -> None:
@@ -149,3 +155,21 @@ def test_roots_do_not_depend_on_the_process_hash_seed() -> None:
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
                              capture_output=True, text=True, timeout=120).stdout.split()
         assert (out[0], out[1], int(out[2]), int(out[3])) == expected
+
+
+def test_read_queries_answer_from_the_committed_state_reader() -> None:
+    """The RPC read methods run on the committed state's plain reader (get + scan only)."""
+    state, trace = execute_city_day()
+    reader = state.reader()
+    height = len(trace) - 1
+    ana_did = did_for_address(Cast.citizen.address)
+    identity = identity_get(reader, ana_did)
+    assert identity is not None and identity["credentials"] == ["li-ana"]
+    assert identity["controller"] == key("ana-new-key").address
+    answer = credential_verify(reader, "li-ana", "eligible", True, (b"e" * 16).hex(), height)
+    assert answer["valid"] is False and answer["reason"].startswith("revoked")
+    assert token_balance(reader, "scoin", Cast.citizen.address)["balance"] == 20
+    social = token_class_get(reader, "social")
+    assert social is not None
+    assert social["supply"] == {"issued": 300, "redeemed": 100, "burned": 180, "outstanding": 20}
+    assert [p["status"] for p in governance_proposals(reader)] == ["executed", "expired"]
