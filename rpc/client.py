@@ -364,6 +364,10 @@ class SyncLedgerClient(_LoopOwner):
     def submit(self, family: str, op: str, payload: dict[str, Any], wait: bool = True) -> Any:
         return self._run(self.client.submit(family, op, payload, wait=wait))
 
+    def submit_many(self, ops: Sequence[tuple[str, str, dict[str, Any]]],
+                    wait: bool = False) -> list[Any | RpcClientError]:
+        return self._run(self.client.submit_many(ops, wait=wait))
+
     def status(self) -> Any:
         return self._run(self.client.status())
 
