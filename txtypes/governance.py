@@ -362,6 +362,9 @@ def _validate_genesis(params: Mapping[str, Any]) -> tuple[dict[str, list[str]], 
         if not isinstance(role, str) or not name_re.match(role):
             raise ValueError(f"governance genesis role name {role!r} must match {NAME_PATTERN}")
         role_map[role] = addresses(members, f"roles.{role}")
+    if ROLE_AGENCY in role_map and sorted(role_map[ROLE_AGENCY]) != sorted(agency_list):
+        raise ValueError("governance genesis roles.agency, when given, must list the same "
+                         "accounts as agencies")
     quorum = params.get("approval_quorum")
     if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(agency_list):
         raise ValueError(f"governance genesis approval_quorum must be an integer in 1..{len(agency_list)}")

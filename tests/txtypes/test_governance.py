@@ -39,6 +39,16 @@ def approve_all(chain: Chain, proposal_id: int, signers: list[Any]) -> list[dict
 
 
 # -- genesis ---------------------------------------------------------------------------------
+def test_genesis_accepts_the_local_network_setup_params() -> None:
+    from ledger.network_setup import default_module_params
+
+    accounts = {f"agency-{i}": key(f"agency-{i}") for i in range(4)}
+    (governance,) = [m for m in default_module_params(accounts) if m["name"] == "governance"]
+    state = Overlay(MemoryKV())
+    GovernanceFamily().init_genesis(state, governance["params"])
+    assert sorted(holders(state, "agency")) == sorted(k.address for k in accounts.values())
+
+
 def test_genesis_seeds_agencies_roles_and_quorum(chain: Chain) -> None:
     state = chain.state
     assert sorted(holders(state, "agency")) == sorted(k.address for k in Cast.agencies())
@@ -59,6 +69,8 @@ def test_genesis_seeds_agencies_roles_and_quorum(chain: Chain) -> None:
     ({"agencies": ["a" * 40], "approval_quorum": 1, "roles": {"treasury": "a" * 40}}, "list"),
     ({"agencies": ["a" * 40], "approval_quorum": 1, "proposal_ttl_blocks": 0}, "ttl"),
     ({"agencies": ["a" * 40], "approval_quorum": 1, "surprise": 1}, "unknown keys"),
+    ({"agencies": ["a" * 40], "approval_quorum": 1, "roles": {"agency": ["b" * 40]}},
+     "same accounts"),
 ])
 def test_genesis_rejects_bad_params_with_a_reason(params: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
