@@ -285,5 +285,7 @@ def test_sync_ledger_client_submits_in_order_and_reads(ledger: tuple[InMemoryLed
         assert client.account_get()["next_nonce"] == 3
         assert client.tx_get(hashes[2])["nonce"] == 2
         more = client.submit_many([("tokens", "transfer", {"i": i}) for i in (3, 4)])
-        hashes += [result["hash"] for result in more]
+        for result in more:
+            assert not isinstance(result, RpcClientError)
+            hashes.append(result["hash"])
     assert [node.txs[h].nonce for h in hashes] == [0, 1, 2, 3, 4]
