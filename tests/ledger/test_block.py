@@ -63,6 +63,7 @@ def sample_header(**changes: Any) -> Header:
 # -- header ---------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(headers())
 def test_header_round_trips_through_canonical_bytes(header: Header) -> None:
     data = header.encode()
@@ -124,7 +125,7 @@ def test_header_decode_rejects_an_extra_field_and_non_map_input() -> None:
         Header.decode(sample_header().encode() + b"\x00")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_decoding_random_bytes_gives_a_value_or_a_codec_error(data: bytes) -> None:
     for kind in (Header, Block, CommitCertificate):
@@ -230,6 +231,7 @@ def test_certificate_round_trips_and_keeps_signatures_sorted() -> None:
     assert cert.verify(CHAIN_ID, VALIDATORS) is None
 
 
+@settings(deadline=None)
 @given(st.integers(1, 2**63 - 1), uint63, hashes,
        st.lists(st.tuples(hashes, st.binary(min_size=64, max_size=64)), min_size=1,
                 max_size=12, unique_by=lambda pair: pair[0]))
@@ -241,7 +243,7 @@ def test_any_well_formed_certificate_round_trips(
     assert list(cert.signatures) == sorted(signatures)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(headers(), st.lists(st.binary(min_size=1, max_size=200), max_size=20, unique=True))
 def test_any_well_formed_block_round_trips(header: Header, txs: list[bytes]) -> None:
     block = Block(header, tuple(txs))
@@ -335,6 +337,7 @@ def test_quorum_sizes_for_small_validator_sets(n: int, f: int, q: int) -> None:
     assert quorum_size(n) == q
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=10_000))
 def test_any_two_quorums_intersect_in_at_least_f_plus_one_and_f_faults_leave_a_quorum(
     n: int,

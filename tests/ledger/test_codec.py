@@ -27,6 +27,7 @@ values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(values)
 def test_every_allowed_value_round_trips_to_the_same_bytes(value: Any) -> None:
     data = encode(value)
@@ -35,13 +36,14 @@ def test_every_allowed_value_round_trips_to_the_same_bytes(value: Any) -> None:
     assert encode(decoded) == data
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text(max_size=8), st.integers(0, 9), min_size=2, max_size=8))
 def test_map_encoding_does_not_depend_on_insertion_order(value: dict[str, int]) -> None:
     reversed_order = dict(reversed(list(value.items())))
     assert encode(reversed_order) == encode(value)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_decoding_random_bytes_gives_a_value_or_a_codec_error(data: bytes) -> None:
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.codec import decode
@@ -35,6 +35,7 @@ def test_signatures_match_an_independent_ed25519_implementation() -> None:
     assert key.public_key == other.public_key().public_bytes_raw()
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=8 * 64 - 1))
 def test_a_signature_with_any_bit_flipped_does_not_verify(message: bytes, bit: int) -> None:
     key = KeyPair(SEED)

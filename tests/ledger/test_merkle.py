@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.merkle import (
@@ -38,6 +38,7 @@ def test_an_inner_node_cannot_pose_as_a_leaf() -> None:
     assert merkle_root([leaf_hash(b"a") + leaf_hash(b"b")]) != ab
 
 
+@settings(deadline=None)
 @given(leaf_lists, st.data())
 def test_every_leaf_has_a_proof_and_a_wrong_leaf_or_index_fails(
     leaves: list[bytes], data: st.DataObject
@@ -54,6 +55,7 @@ def test_every_leaf_has_a_proof_and_a_wrong_leaf_or_index_fails(
     assert not verify_proof(root, leaves[index], -1, len(leaves), proof)
 
 
+@settings(deadline=None)
 @given(leaf_lists, st.data())
 def test_a_tampered_or_truncated_proof_fails(leaves: list[bytes], data: st.DataObject) -> None:
     root = merkle_root(leaves)
@@ -68,6 +70,7 @@ def test_a_tampered_or_truncated_proof_fails(leaves: list[bytes], data: st.DataO
     assert not verify_proof(root, leaves[index], index, len(leaves), [*proof, root])
 
 
+@settings(deadline=None)
 @given(st.integers(1, 120))
 def test_proof_length_is_at_most_the_tree_depth(count: int) -> None:
     leaves = [i.to_bytes(2, "big") for i in range(count)]

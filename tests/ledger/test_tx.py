@@ -32,6 +32,7 @@ def sample_tx(**payload: Any) -> Tx:
                                                                    "amount": 5})
 
 
+@settings(deadline=None)
 @given(names, names, st.integers(0, 2**63 - 1), payloads)
 def test_signed_tx_decodes_and_verifies_to_the_same_fields(
     family: str, op: str, nonce: int, payload: dict[str, Any]
@@ -61,7 +62,7 @@ def test_flipping_any_single_bit_of_a_tx_makes_it_fail() -> None:
         assert isinstance(decode_and_verify(bytes(flipped), CHAIN), TxError), bit
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(payloads, st.data())
 def test_flipping_a_random_bit_of_any_tx_makes_it_fail(
     payload: dict[str, Any], data: st.DataObject
@@ -114,7 +115,7 @@ def test_oversize_txs_are_refused_at_sign_and_decode_time() -> None:
         sample_tx(blob=b"x" * TX_BYTES_MAX)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_decoding_random_bytes_gives_a_tx_error_never_an_exception(data: bytes) -> None:
     assert isinstance(decode_and_verify(data, CHAIN), TxError)
