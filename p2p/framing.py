@@ -103,7 +103,7 @@ class FrameReader:
     the next call, so a peer cannot make us drop its earlier good messages by accident.
     """
 
-    __slots__ = ("_buffer", "_error", "_frame_bytes_max", "_reader")
+    __slots__ = ("_buffer", "_bytes_read", "_error", "_frame_bytes_max", "_reader")
 
     CHUNK_BYTES = 256 * 1024
 
@@ -112,6 +112,12 @@ class FrameReader:
         self._frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
         self._error: FrameError | None = None
+        self._bytes_read = 0
+
+    def take_bytes_read(self) -> int:
+        """Bytes read from the stream since the last call (for traffic counters)."""
+        count, self._bytes_read = self._bytes_read, 0
+        return count
 
     async def read_batch(self) -> list[dict[str, Any] | None]:
         """The next non-empty list of frames (None entries are keepalives).
@@ -125,6 +131,7 @@ class FrameReader:
             chunk = await self._reader.read(self.CHUNK_BYTES)
             if not chunk:
                 raise asyncio.IncompleteReadError(bytes(self._buffer), None)
+            self._bytes_read += len(chunk)
             self._buffer += chunk
             messages, consumed, self._error = split_frames(self._buffer, self._frame_bytes_max)
             if consumed:

@@ -156,12 +156,7 @@ class PeerNetwork:
         self.chain_id = chain_id
         self.key = key
         self._listen = parse_address(listen)
-        self._peers: dict[bytes, tuple[str, int]] = {}
-        for peer, address in validators.items():
-            if len(peer) != PUBLIC_KEY_BYTES:
-                raise PeerConfigError(f"validator key {peer.hex()!r} is not {PUBLIC_KEY_BYTES} bytes")
-            if peer != key.public_key:
-                self._peers[bytes(peer)] = parse_address(address)
+        self._peers = self._parse_validators(validators)
         self._on_message = on_message
         self._on_peer_change = on_peer_change
         self._rng = rng or random.Random()
@@ -174,11 +169,9 @@ class PeerNetwork:
             raise PeerConfigError(f"TLS certificate {cert_path} is not for this node's validator key")
         self._server_ctx: ssl.SSLContext = server_context(cert_path, key_path)
         self._client_ctx: ssl.SSLContext = client_context(cert_path, key_path)
-        self._queues = {
-            peer: SendQueue(self.limits.send_queue_frames_max, self.limits.send_queue_bytes_max)
-            for peer in self._peers
-        }
+        self._queues = {peer: self._new_queue() for peer in self._peers}
         self._connections: dict[bytes, _Connection] = {}
+        self._dialers: dict[bytes, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._handshakes_pending = 0
@@ -206,8 +199,33 @@ class PeerNetwork:
             raise PeerConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         logger.info("p2p listening on %s:%d as %s", host, self.listen_port, _short(self.key.public_key))
         for peer in sorted(self._peers):
-            if self.key.public_key < peer:
-                self._spawn(self._dial_forever(peer), f"p2p-dial-{_short(peer)}")
+            self._start_dialer(peer)
+
+    def set_validators(self, validators: Mapping[bytes, str]) -> None:
+        """Adopt a new validator set (after a reconfiguration) without a restart.
+
+        Departed validators lose their connection, queue and dialer and are refused from now
+        on; new ones get a queue and, when their key is higher, a dialer. An address change
+        takes effect at the next dial.
+        """
+        updated = self._parse_validators(validators)
+        for peer in sorted(set(self._peers) - set(updated)):
+            logger.info("p2p %s left the validator set", _short(peer))
+            del self._peers[peer]
+            del self._queues[peer]
+            dialer = self._dialers.pop(peer, None)
+            if dialer is not None:
+                dialer.cancel()
+            connection = self._connections.get(peer)
+            if connection is not None:
+                connection.writer.transport.abort()
+        for peer, address in updated.items():
+            is_new = peer not in self._peers
+            self._peers[peer] = address
+            if is_new:
+                self._queues[peer] = self._new_queue()
+                if self._server is not None and not self._closing:
+                    self._start_dialer(peer)
 
     def send(self, peer: bytes, message: dict[str, Any]) -> bool:
         """Queue `message` for `peer` without waiting; False when it was dropped.
@@ -261,6 +279,8 @@ class PeerNetwork:
 
     def _enqueue(self, peer: bytes, frame: bytes) -> bool:
         queue = self._queues.get(peer)
+        if self._closing:
+            return False
         if queue is None:
             self.counters["send_unknown_peer"] += 1
             return False
@@ -273,7 +293,32 @@ class PeerNetwork:
             return False
         return True
 
+    # -- setup helpers -----------------------------------------------------------------
+
+    def _parse_validators(self, validators: Mapping[bytes, str]) -> dict[bytes, tuple[str, int]]:
+        peers: dict[bytes, tuple[str, int]] = {}
+        for peer, address in validators.items():
+            if len(peer) != PUBLIC_KEY_BYTES:
+                raise PeerConfigError(f"validator key {peer.hex()!r} is not {PUBLIC_KEY_BYTES} bytes")
+            if peer != self.key.public_key:
+                peers[bytes(peer)] = parse_address(address)
+        return peers
+
+    def _new_queue(self) -> SendQueue:
+        return SendQueue(self.limits.send_queue_frames_max, self.limits.send_queue_bytes_max)
+
     # -- tasks ------------------------------------------------------------------------
+
+    def _start_dialer(self, peer: bytes) -> None:
+        if self.key.public_key < peer:
+            task = self._spawn(self._dial_forever(peer), f"p2p-dial-{_short(peer)}")
+            self._dialers[peer] = task
+
+            def forget(done: asyncio.Task[None]) -> None:
+                if self._dialers.get(peer) is done:
+                    del self._dialers[peer]
+
+            task.add_done_callback(forget)
 
     def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -282,9 +327,9 @@ class PeerNetwork:
         return task
 
     async def _dial_forever(self, peer: bytes) -> None:
-        host, port = self._peers[peer]
         attempt = 0
-        while not self._closing:
+        while not self._closing and peer in self._peers:
+            host, port = self._peers[peer]
             link = await self._dial_once(peer, host, port)
             if link is not None:
                 attempt = 0
@@ -387,7 +432,7 @@ class PeerNetwork:
             logger.info("p2p new connection from %s replaces the old one", _short(peer))
             previous.writer.transport.abort()
             await previous.done.wait()
-        if self._closing:
+        if self._closing or peer not in self._peers:  # shut down or voted out meanwhile
             writer.transport.abort()
             return
         connection = _Connection(peer, reader, writer, outbound)
@@ -450,6 +495,7 @@ class PeerNetwork:
                 return "peer closed"
             except OSError as exc:
                 return f"read error {exc!r}"
+            self.counters["bytes_received"] += frames.take_bytes_read()
             for message in batch:
                 if message is None:
                     continue

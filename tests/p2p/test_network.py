@@ -321,6 +321,8 @@ def test_a_raising_message_handler_closes_that_link_and_the_link_comes_back(tmp_
             await wait_until(lambda: dialer.connected_peers() == [high_key])
             dialer.send(high_key, {"explode": True})
             await wait_until(lambda: acceptor.stats().get("handler_errors", 0) == 1)
+            # Delivery is at-most-once: what is sent after the link is back arrives.
+            await wait_until(lambda: dialer.stats().get("connections_opened", 0) == 2)
             dialer.send(high_key, {"fine": True})
             await wait_until(lambda: delivered == [{"fine": True}], 5.0)
         finally:
@@ -348,3 +350,108 @@ def test_malformed_addresses_are_configuration_errors(tmp_path: Path, address: s
         PeerNetwork(
             CHAIN_ID, key, {}, address, Inbox(), cert_path=cert_path, key_path=key_path,
         )
+
+
+def test_a_silent_peer_is_dropped_after_the_idle_timeout_while_keepalives_hold_real_links(
+    tmp_path: Path,
+) -> None:
+    cluster = make_cluster(tmp_path, 3)
+    limits = PeerLimits(keepalive_interval_s=0.1, idle_timeout_s=0.6, reconnect_base_s=0.02, reconnect_max_s=0.2)
+    silent_key, live_key = cluster.keys[0].public_key, cluster.keys[1].public_key
+
+    async def scenario() -> None:
+        server, live = cluster.network(2, Inbox(), limits), cluster.network(1, Inbox(), limits)
+        await server.start()
+        await live.start()
+        try:
+            # A frozen peer (think SIGSTOP): authenticated, then never sends another byte.
+            reader, writer = await raw_authenticated_dial(
+                server.listen_port, cluster.keys[0], cluster.keys[2].public_key, tmp_path / "raw"
+            )
+            await wait_until(lambda: server.connected_peers() == [silent_key, live_key])
+            await asyncio.sleep(1.2)  # two idle timeouts
+            assert server.connected_peers() == [live_key]
+            assert server.stats()["closed_idle"] == 1
+            assert server.stats()["connections_opened"] == 2  # the live link never dropped
+            writer.close()
+        finally:
+            await server.close()
+            await live.close()
+
+    asyncio.run(scenario())
+
+
+def test_unfinished_handshakes_are_capped_and_time_out(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, 2)
+    limits = PeerLimits(
+        handshakes_pending_max=2, handshake_timeout_s=0.5, reconnect_base_s=0.02, reconnect_max_s=0.1
+    )
+
+    async def scenario() -> None:
+        server = cluster.network(1, Inbox(), limits)
+        await server.start()
+        try:
+            # Two connections that never start TLS hold every pending-handshake slot.
+            idle = [await asyncio.open_connection("127.0.0.1", server.listen_port) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.listen_port)
+            assert await closed_by_peer(reader, 1.0)
+            assert server.stats()["accept_refused_busy"] == 1
+            for idle_reader, _ in idle:
+                assert await closed_by_peer(idle_reader, 2.0)
+            assert server.stats()["accept_handshake_failed"] == 2
+            # With the slots free again, a real validator gets in.
+            dialer = cluster.network(0, Inbox(), limits)
+            await dialer.start()
+            await wait_until(lambda: dialer.connected_peers() == [cluster.keys[1].public_key])
+            await dialer.close()
+            writer.close()
+            for _, idle_writer in idle:
+                idle_writer.close()
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_validator_set_changes_connect_newcomers_and_cut_off_departed_validators(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, 3)
+    keys = [key.public_key for key in cluster.keys]
+    events: list[tuple[bytes, bool]] = []
+
+    async def scenario() -> None:
+        everyone = cluster.validators
+        first_two = {key: everyone[key] for key in keys[:2]}
+        networks = []
+        for index in range(3):
+            cert_path, key_path = cluster.tls_files(index)
+            networks.append(
+                PeerNetwork(
+                    CHAIN_ID, cluster.keys[index], first_two if index < 2 else everyone,
+                    f"127.0.0.1:{cluster.ports[index]}", Inbox(),
+                    cert_path=cert_path, key_path=key_path, limits=FAST_LIMITS,
+                    on_peer_change=(lambda peer, up: events.append((peer, up))) if index == 0 else None,
+                )
+            )
+        for network in networks:
+            await network.start()
+        try:
+            await wait_until(lambda: networks[0].connected_peers() == [keys[1]])
+            # keys[2] joins by reconfiguration: keys[0] and keys[1] now dial it.
+            networks[0].set_validators(everyone)
+            networks[1].set_validators(everyone)
+            await wait_until(lambda: networks[2].connected_peers() == keys[:2])
+            # keys[1] leaves: the others drop it and refuse its redials.
+            without_1 = {key: everyone[key] for key in (keys[0], keys[2])}
+            networks[0].set_validators(without_1)
+            networks[2].set_validators(without_1)
+            await wait_until(lambda: networks[0].connected_peers() == [keys[2]])
+            await wait_until(lambda: networks[2].connected_peers() == [keys[0]])
+            await wait_until(lambda: networks[2].stats().get("accept_handshake_refused", 0) >= 1)
+            assert not networks[0].send(keys[1], {"to": "departed"})
+        finally:
+            for network in networks:
+                await network.close()
+
+    asyncio.run(scenario())
+    assert events[:3] == [(keys[1], True), (keys[2], True), (keys[1], False)]
