@@ -23,7 +23,8 @@ from tests.ledger.chainmaker import CHAIN_ID, GENESIS_HASH, VALIDATORS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLS = 200 if os.environ.get("CITYLEDGER_SOAK") == "1" else 20
-KILL_DELAY_MAX_S = 0.1
+KILL_DELAY_MIN_S = 0.02
+KILL_DELAY_MAX_S = 0.12
 READY_TIMEOUT_S = 20.0
 
 
@@ -46,11 +47,12 @@ def test_store_reopens_at_a_complete_verified_tip_after_repeated_sigkill(
     rng = random.Random(seed)
     db_path = tmp_path / "ledger.db"
     last_tip = 0
+    rounds_with_progress = 0
     started = time.monotonic()
     for kill in range(KILLS):
         writer, resumed_at = _start_writer(db_path)
         assert resumed_at == last_tip, f"kill {kill}: writer resumed at {resumed_at}"
-        time.sleep(rng.uniform(0.0, KILL_DELAY_MAX_S))
+        time.sleep(rng.uniform(KILL_DELAY_MIN_S, KILL_DELAY_MAX_S))
         writer.send_signal(signal.SIGKILL)
         assert writer.wait(timeout=READY_TIMEOUT_S) == -signal.SIGKILL
         assert writer.stdout is not None
@@ -66,6 +68,8 @@ def test_store_reopens_at_a_complete_verified_tip_after_repeated_sigkill(
             assert store.db.get(b"m/test_height") == struct.pack(">Q", height)
             report = verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS)
             assert report.ok, f"kill {kill} (seed {seed}): {report}"
+            rounds_with_progress += height > last_tip
             last_tip = height
-    assert last_tip > KILLS, "the writer barely wrote anything; the test proved little"
+    # Kills that land before the first append prove little; most rounds must write.
+    assert rounds_with_progress >= KILLS // 2, f"only {rounds_with_progress} rounds wrote"
     print(f"{KILLS} kills, final tip {last_tip}, {time.monotonic() - started:.1f}s")
