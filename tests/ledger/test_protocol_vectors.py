@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ledger.block import Block, CommitCertificate, commit_vote_bytes, receipts_root_of
 from ledger.codec import encode
 from ledger.crypto import KeyPair, sha256, signing_payload
@@ -101,6 +103,13 @@ def test_documented_tx_verifies_and_certificate_checks_against_the_documented_ke
     cert = CommitCertificate.decode(vectors["commit.certificate"])
     validators = [vectors[f"validator{i}.public_key"] for i in range(4)]
     assert cert.verify(CHAIN_ID, validators) is None
+    # Independently of ledger.crypto: OpenSSL checks the documented signatures.
+    client = Ed25519PublicKey.from_public_bytes(vectors["client.public_key"])
+    client.verify(vectors["tx.signature"], vectors["tx.signing_payload"])
+    validator0 = Ed25519PublicKey.from_public_bytes(vectors["validator0.public_key"])
+    validator0.verify(vectors["commit.signature_validator0"], vectors["commit.vote_bytes"])
+    assert vectors["tx.signing_payload"].endswith(vectors["tx.unsigned_body"])
+    assert vectors["block.bytes"].find(vectors["header.bytes"]) > 0
     proof = vectors["merkle.proof_abc_index2"]
     assert verify_proof(vectors["merkle.root_abc"], b"c", 2, 3,
                         [proof[i:i + 32] for i in range(0, len(proof), 32)])
