@@ -137,5 +137,8 @@ class Mempool:
         self.remove(stale)
         return stale
 
+    def has_nonce(self, sender: str, nonce: int) -> bool:
+        return nonce in self._by_sender.get(sender, {})
+
     def pending_hashes(self) -> list[bytes]:
         return list(self._by_hash)

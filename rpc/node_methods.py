@@ -196,7 +196,7 @@ def build_node_methods(
         pending = committed
         while node.mempool.has_nonce(params.address, pending):
             pending += 1
-        return {"address": params.address, "next_nonce": committed, "pending_nonce": pending}
+        return {"address": params.address, "next_nonce": pending, "committed_nonce": committed}
 
     core: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "node_status": node_status, "tx_submit": tx_submit, "tx_get": tx_get,

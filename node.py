@@ -1,0 +1,740 @@
+"""The validator node: one asyncio loop wiring store, state, replica, mempool, p2p and RPC.
+
+The replica (consensus/) decides; this module performs what it asks, in order:
+  Persist   -> appended to the record log in one synced batch before the next action
+  Send      -> framed to peers by p2p/
+  Build/Validate/Execute -> done by the ledger's Chain, one job at a time, in arrival
+               order (a block is executed once: when built or validated; Execute writes it)
+  SetTimer  -> loop.call_later, fed back as TimerFired
+  Fetch     -> block requests to peers, answers verified by the replica and the Chain
+Transactions from clients enter the mempool (signature checked once per node) and are
+gossiped to every validator; committed ones wake the RPC callers waiting for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from consensus.config import ReplicaConfig
+from consensus.events import (
+    BROADCAST,
+    Action,
+    BuildProposal,
+    CancelTimer,
+    CommitProof,
+    CommittedFetched,
+    Compact,
+    Event,
+    Execute,
+    Executed,
+    FetchCommitted,
+    MessageReceived,
+    Persist,
+    ProposalBuilt,
+    ProposalValidated,
+    ReportEvidence,
+    RequestReceived,
+    Send,
+    SetTimer,
+    TimerFired,
+    ValidateProposal,
+)
+from consensus.messages import MessageError, decode_message, encode_message
+from consensus.records import decode_record, encode_record
+from consensus.replica import Replica
+from ledger.block import Block, BlockError, CommitCertificate
+from ledger.chain import Chain, ProposalRejected, Speculation
+from ledger.codec import decode, encode
+from ledger.crypto import KeyPair
+from ledger.errors import CryptoError, LedgerError, invariant
+from ledger.executor import Executor, next_nonce
+from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_genesis
+from ledger.mempool import Mempool, MempoolLimits
+from ledger.record_log import RecordLog
+from ledger.rules import RuleModule
+from ledger.state import WorldState
+from ledger.store import BlockStore, StoreError
+from ledger.tx import Tx, TxError, decode_and_verify
+from ledger.verify import VerifyReport, verify_chain
+from p2p import PeerNetwork
+from p2p.tls import CERT_FILE_NAME, KEY_FILE_NAME
+from rpc.methods import jsonable
+from rpc.node_methods import build_node_methods
+from rpc.server import create_rpc_app, start_rpc_server
+from txtypes.base import ModuleNotInstalled, load_modules
+
+log = logging.getLogger("cityledger.node")
+
+TICK_MS = 10
+FORWARD_BATCH_TXS_MAX = 1000
+FETCH_SEQS_MAX = 32
+FETCH_BYTES_MAX = 6 * 1024 * 1024
+PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
+EVIDENCE_KEPT_MAX = 64
+NULL_PREFIX = b"cons/null/"
+VERIFY_CHUNK_TXS = 256
+
+
+class NodeError(Exception):
+    """A startup problem the operator must fix (bad home dir, genesis, key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_name: str
+    p2p_listen: str
+    rpc_listen: str
+    mempool_txs_max: int = 100_000
+    rpc_body_bytes_max: int = 1024 * 1024
+    tx_wait_timeout_s: float = 30.0
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise NodeError(f"cannot read node config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise NodeError(f"{path} must hold a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NodeError(f"{path}: unknown settings {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise NodeError(f"{path}: {exc}") from exc
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _null_key(seq: int) -> bytes:
+    return NULL_PREFIX + seq.to_bytes(8, "big")
+
+
+def proof_to_map(proof: CommitProof) -> dict[str, Any]:
+    return {"view": proof.view, "seq": proof.seq, "digest": proof.digest,
+            "signatures": [list(pair) for pair in proof.signatures]}
+
+
+def proof_from_map(data: Any) -> CommitProof:
+    if not isinstance(data, dict):
+        raise MessageError("commit proof must be a map")
+    try:
+        pairs = tuple((bytes(k), bytes(s)) for k, s in data["signatures"])
+        return CommitProof(int(data["view"]), int(data["seq"]), bytes(data["digest"]), pairs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError(f"malformed commit proof: {exc}") from exc
+
+
+@dataclass
+class _Waiters:
+    """RPC callers waiting for a transaction to commit (bounded)."""
+
+    futures: dict[bytes, list[asyncio.Future[dict[str, Any]]]] = field(default_factory=dict)
+    count_max: int = 50_000
+
+    def add(self, tx_hash: bytes) -> asyncio.Future[dict[str, Any]] | None:
+        if sum(len(v) for v in self.futures.values()) >= self.count_max:
+            return None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.futures.setdefault(tx_hash, []).append(future)
+        return future
+
+    def resolve(self, tx_hash: bytes, outcome: dict[str, Any]) -> None:
+        for future in self.futures.pop(tx_hash, []):
+            if not future.done():
+                future.set_result(outcome)
+
+    def discard(self, tx_hash: bytes, future: asyncio.Future[dict[str, Any]]) -> None:
+        pending = self.futures.get(tx_hash)
+        if pending and future in pending:
+            pending.remove(future)
+            if not pending:
+                del self.futures[tx_hash]
+
+
+class Node:
+    """One validator: owns every component and the single event loop that drives them."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.config = NodeConfig.load(self.home / "config.json")
+        try:
+            self.genesis: Genesis = load_genesis(self.home / "genesis.json")
+            self.key = KeyPair.load(self.home / "node_key.json")
+            modules = load_modules(self.genesis.module_names)
+        except (GenesisError, CryptoError) as exc:
+            raise NodeError(str(exc)) from exc
+        except ModuleNotInstalled as exc:
+            raise NodeError(str(exc)) from exc
+        self.chain_id = self.genesis.chain_id
+        self.validators = tuple(v.public_key_bytes for v in self.genesis.validators)
+        if self.key.public_key not in self.validators:
+            raise NodeError("this node's key (node_key.json) is not a validator in genesis.json")
+        self.index = self.validators.index(self.key.public_key)
+        self.names = {v.public_key_bytes: v.name for v in self.genesis.validators}
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        try:
+            self.store = BlockStore.open(self.home / "data" / "ledger.db")
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        self.state = WorldState(self.store.db)
+        self._init_genesis(modules)
+        self.executor = Executor(self.chain_id, cast(list[RuleModule], modules))
+        self.modules = modules
+        self.chain = Chain(self.genesis, self.store, self.state, self.executor, self.primary_of)
+        self.mempool = Mempool(
+            self.chain_id,
+            lambda tx: self.executor.check_admission(tx, self.state.reader(),
+                                                     nonce_ahead_max=1000),
+            MempoolLimits(txs_max=self.config.mempool_txs_max),
+        )
+        self.records = RecordLog(self.store.db)
+        self.replica = self._restore_replica()
+        self.waiters = _Waiters()
+        self.evidence: list[dict[str, Any]] = []
+        self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
+        self._decoded: OrderedDict[bytes, Block] = OrderedDict()
+        self._deferred: dict[int, ValidateProposal] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._forward: list[bytes] = []
+        self._jobs: asyncio.Queue[Action] = asyncio.Queue()
+        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self.null_tip = self._load_null_tip()
+        self.started_ms = int(time.time() * 1000)
+        self.p2p: PeerNetwork | None = None
+        self.halted: str | None = None
+
+    # -- setup -----------------------------------------------------------------------------
+    def _init_genesis(self, modules: Sequence[Any]) -> None:
+        existing = self.store.genesis_hash()
+        if existing is None:
+            try:
+                writes, root = build_genesis_state(self.genesis, modules)
+            except GenesisError as exc:
+                raise NodeError(str(exc)) from exc
+            prepared = self.state.prepare(writes, height=0)
+            invariant(prepared.root == root, "genesis state root differs between builders")
+            self.store.init_genesis(self.genesis.hash, root, prepared.ops)
+            self.state.apply_prepared(prepared)
+        elif existing != self.genesis.hash:
+            raise NodeError(
+                f"the data dir {self.home / 'data'} belongs to another genesis "
+                f"({existing.hex()[:16]}…, not {self.genesis.hash.hex()[:16]}…)"
+            )
+        invariant(self.state.height == self.store.tip()[0],
+                  f"state height {self.state.height} differs from store tip {self.store.tip()[0]}")
+
+    def _replica_config(self) -> ReplicaConfig:
+        params = self.genesis.consensus
+        view_ticks = max(1, math.ceil(params.view_change_timeout_ms / TICK_MS))
+        return ReplicaConfig(
+            chain_id=self.chain_id,
+            validators=self.validators,
+            signer=self.key,
+            digest_of=self._digest_of,
+            requests_in=self._requests_in,
+            checkpoint_interval_seqs=params.checkpoint_interval_blocks,
+            watermark_window_seqs=max(32, 2 * params.checkpoint_interval_blocks),
+            pipeline_window=1,
+            batch_requests_max=params.batch_txs_max,
+            batch_interval_ticks=max(1, math.ceil(params.batch_interval_ms / TICK_MS)),
+            view_timeout_ticks=view_ticks,
+            request_timeout_ticks=3 * view_ticks,
+            fetch_timeout_ticks=view_ticks,
+        )
+
+    def _restore_replica(self) -> Replica:
+        records = [decode_record(raw) for raw in self.records.load()]
+        executed = max(self.store.tip_seq(), self._load_null_tip())
+        return Replica.restore(self._replica_config(), records, executed_seq=executed)
+
+    def _load_null_tip(self) -> int:
+        with self.store.db.iterator(prefix=NULL_PREFIX, reverse=True, include_value=False) as it:
+            for key in it:
+                return int.from_bytes(key[len(NULL_PREFIX):], "big")
+        return 0
+
+    def primary_of(self, view: int) -> bytes:
+        return self.validators[view % len(self.validators)]
+
+    # -- payload helpers given to the replica ---------------------------------------------
+    def _block_of(self, payload: bytes) -> Block | None:
+        from ledger.crypto import sha256
+
+        key = sha256(payload)
+        block = self._decoded.get(key)
+        if block is None:
+            try:
+                block = Block.decode(payload)
+            except BlockError:
+                return None
+            self._decoded[key] = block
+            while len(self._decoded) > 16:
+                self._decoded.popitem(last=False)
+        return block
+
+    def _digest_of(self, payload: bytes) -> bytes | None:
+        block = self._block_of(payload)
+        return None if block is None else block.hash
+
+    def _requests_in(self, payload: bytes) -> list[bytes] | None:
+        block = self._block_of(payload)
+        return None if block is None else block.tx_hashes()
+
+    # -- status -----------------------------------------------------------------------------
+    @property
+    def executed_seq(self) -> int:
+        return max(self.store.tip_seq(), self.null_tip)
+
+    def status(self) -> dict[str, Any]:
+        height, tip = self.store.tip()
+        connected = self.p2p.connected_peers() if self.p2p else []
+        view = self.replica.view
+        return {
+            "chain_id": self.chain_id,
+            "node_id": self.key.public_key.hex(),
+            "node_name": self.config.node_name,
+            "height": height,
+            "last_block_hash": tip.hex(),
+            "executed_seq": self.executed_seq,
+            "view": view,
+            "in_view_change": self.replica.in_view_change,
+            "primary": self.names[self.primary_of(view)],
+            "validators": [self.names[v] for v in self.validators],
+            "connected_peers": sorted(self.names[p] for p in connected),
+            "syncing": self.replica.fetch_target > self.executed_seq,
+            "mempool_txs": len(self.mempool),
+            "evidence": len(self.evidence),
+            "halted": self.halted,
+        }
+
+    # -- the event loop side --------------------------------------------------------------
+    def feed(self, event: Event) -> None:
+        """Step the replica and perform what it asks; the only caller of `step`."""
+        if self.halted:
+            return
+        self.perform(self.replica.step(event))
+
+    def perform(self, actions: list[Action]) -> None:
+        pending_records: list[bytes] = []
+        for action in actions:
+            if isinstance(action, Persist):
+                pending_records.append(encode_record(action.record))
+                continue
+            if pending_records:  # persist before you speak
+                self.records.append(pending_records)
+                pending_records = []
+            self._perform_one(action)
+        if pending_records:
+            self.records.append(pending_records)
+
+    def _perform_one(self, action: Action) -> None:
+        if isinstance(action, Send):
+            self._send(action)
+        elif isinstance(action, Compact):
+            self.records.replace([encode_record(r) for r in action.records])
+        elif isinstance(action, SetTimer):
+            self._set_timer(action)
+        elif isinstance(action, CancelTimer):
+            handle = self._timers.pop(action.kind, None)
+            if handle is not None:
+                handle.cancel()
+        elif isinstance(action, BuildProposal | ValidateProposal | Execute):
+            self._jobs.put_nowait(action)
+        elif isinstance(action, FetchCommitted):
+            self._fetch(action)
+        elif isinstance(action, ReportEvidence):
+            self._evidence(action)
+
+    def _send(self, action: Send) -> None:
+        if self.p2p is None:
+            return
+        frame = {"k": "cons", "m": encode_message(action.message)}
+        if action.to == BROADCAST:
+            self.p2p.broadcast(frame)
+        else:
+            self.p2p.send(self.validators[action.to], frame)
+
+    def _set_timer(self, action: SetTimer) -> None:
+        old = self._timers.pop(action.kind, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[action.kind] = loop.call_later(
+            action.delay_ticks * TICK_MS / 1000, self.feed, TimerFired(action.kind, action.token)
+        )
+
+    def _evidence(self, action: ReportEvidence) -> None:
+        offender = self.names[self.validators[action.offender]]
+        log.warning("evidence of equivocation by %s", offender)
+        self.evidence.append({"offender": offender,
+                              "first": encode_message(action.first).hex(),
+                              "second": encode_message(action.second).hex()})
+        del self.evidence[:-EVIDENCE_KEPT_MAX]
+
+    # -- peer messages ----------------------------------------------------------------------
+    def on_peer_message(self, peer: bytes, message: dict[str, Any]) -> None:
+        kind = message.get("k")
+        try:
+            if kind == "cons":
+                raw = message.get("m")
+                if not isinstance(raw, bytes):
+                    raise MessageError("consensus frame without message bytes")
+                self.feed(MessageReceived(self.validators.index(peer), decode_message(raw)))
+            elif kind == "txs":
+                self._on_forwarded_txs(message.get("txs"))
+            elif kind == "fetch":
+                self._serve_fetch(peer, message)
+            elif kind == "fetched":
+                self._on_fetched(message.get("items"))
+            else:
+                log.info("dropping peer frame of unknown kind %r from %s", kind, self.names[peer])
+        except (LedgerError, ValueError, TypeError) as exc:
+            log.info("dropping bad %r frame from %s: %s", kind, self.names[peer], exc)
+
+    def _on_forwarded_txs(self, raws: Any) -> None:
+        if not isinstance(raws, list):
+            raise MessageError("txs frame needs a list")
+        for raw in raws[:FORWARD_BATCH_TXS_MAX]:
+            if isinstance(raw, bytes):
+                self.admit(raw, forward=False)
+
+    # -- transactions -----------------------------------------------------------------------
+    def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError:
+        """Admit a client's or a peer's transaction; client ones are gossiped to all peers."""
+        tx = self.mempool.add_raw(raw)
+        if isinstance(tx, TxError):
+            return tx
+        if forward:
+            self._forward.append(tx.raw)
+        self.feed(RequestReceived(tx.hash))
+        return tx
+
+    def _flush_forward(self) -> None:
+        """Gossip new client transactions to every validator.
+
+        Every backup then knows each request, so its censorship timer can fire if the
+        primary never proposes it, and the next primary already holds it after a view
+        change. Each node still verifies each transaction once (at admission).
+        """
+        if not self._forward or self.p2p is None:
+            return
+        batch, self._forward = self._forward, []
+        for start in range(0, len(batch), FORWARD_BATCH_TXS_MAX):
+            self.p2p.broadcast({"k": "txs", "txs": batch[start:start + FORWARD_BATCH_TXS_MAX]})
+
+    async def _verify(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
+        """Decode+verify, reusing what the mempool already checked; off the loop thread."""
+        results: list[Tx | TxError | None] = []
+        unknown: list[tuple[int, bytes]] = []
+        from ledger.crypto import sha256
+
+        for index, raw in enumerate(raws):
+            known = self.mempool.get(sha256(raw))
+            results.append(known)
+            if known is None:
+                unknown.append((index, raw))
+        loop = asyncio.get_running_loop()
+        chunks = [unknown[i:i + VERIFY_CHUNK_TXS] for i in range(0, len(unknown), VERIFY_CHUNK_TXS)]
+        chain_id = self.chain_id
+
+        def work(chunk: list[tuple[int, bytes]]) -> list[tuple[int, Tx | TxError]]:
+            return [(index, decode_and_verify(raw, chain_id)) for index, raw in chunk]
+
+        done = await asyncio.gather(*(loop.run_in_executor(self._verify_pool, work, c)
+                                      for c in chunks))
+        for chunk_result in done:
+            for index, item in chunk_result:
+                results[index] = item
+        return [item for item in results if item is not None]
+
+    # -- the application jobs (build, validate, execute), one at a time ------------------
+    async def _job_worker(self) -> None:
+        while True:
+            action = await self._jobs.get()
+            if self.halted:
+                continue
+            if isinstance(action, BuildProposal):
+                self._build(action)
+            elif isinstance(action, ValidateProposal):
+                await self._validate(action)
+            elif isinstance(action, Execute):
+                await self._execute(action)
+
+    def _remember(self, speculation: Speculation) -> None:
+        self.speculations[speculation.block.hash] = speculation
+        while len(self.speculations) > 8:
+            self.speculations.popitem(last=False)
+
+    def _build(self, action: BuildProposal) -> None:
+        if action.seq != self.executed_seq + 1:
+            log.info("not building seq %d: executed only to %d", action.seq, self.executed_seq)
+            return
+        reader = self.state.reader()
+        txs = self.mempool.select(self.genesis.consensus.batch_txs_max, PROPOSAL_BYTES_MAX,
+                                  lambda address: next_nonce(reader, address))
+        speculation = self.chain.build(action.view, self.key.public_key, txs, _now_ms())
+        self._remember(speculation)
+        self.feed(ProposalBuilt(action.view, action.seq, speculation.block.encode()))
+
+    async def _validate(self, action: ValidateProposal) -> None:
+        if action.seq > self.executed_seq + 1:
+            self._deferred[action.seq] = action  # its parent is not executed yet
+            return
+        ok = await self._speculate(action.payload, action.digest, now_ms=_now_ms()) is not None
+        self.feed(ProposalValidated(action.view, action.seq, action.digest, ok))
+
+    async def _speculate(self, payload: bytes, digest: bytes,
+                         now_ms: int | None) -> Speculation | None:
+        cached = self.speculations.get(digest)
+        if cached is not None and cached.block.header.height == self.store.tip()[0] + 1 \
+                and cached.block.header.prev_hash == self.store.tip()[1]:
+            return cached
+        try:
+            block = Chain.decode_proposal(payload)
+            self.chain.check_header(block, now_ms)
+            checked = await self._verify(block.txs)
+            txs = []
+            for item in checked:
+                if isinstance(item, TxError):
+                    raise ProposalRejected(f"bad transaction in proposal: {item}")
+                txs.append(item)
+            speculation = self.chain.validate(block, txs, now_ms)
+        except ProposalRejected as exc:
+            log.warning("refusing proposal %s: %s", digest.hex()[:16], exc.reason)
+            return None
+        self._remember(speculation)
+        return speculation
+
+    async def _execute(self, action: Execute) -> None:
+        if action.seq <= self.executed_seq:
+            self.feed(Executed(action.seq, self._state_digest_at(action.seq)))
+            return
+        invariant(action.seq == self.executed_seq + 1,
+                  f"execute seq {action.seq} after {self.executed_seq}")
+        cert = CommitCertificate(action.seq, action.certificate.view, action.digest,
+                                 action.certificate.signatures)
+        if not action.payload:
+            batch = self.store.db.write_batch(sync=True)
+            batch.put(_null_key(action.seq), encode(proof_to_map(action.certificate)))
+            batch.write()
+            self.null_tip = action.seq
+        else:
+            speculation = await self._speculate(action.payload, action.digest, now_ms=None)
+            if speculation is None:
+                self._halt(f"a quorum committed seq {action.seq} ({action.digest.hex()[:16]}) "
+                           "which this node finds invalid: refusing to continue")
+                return
+            self.chain.commit(speculation, cert)
+            self._after_commit(speculation)
+        self.feed(Executed(action.seq, self.store.tip()[1]))
+        deferred = self._deferred.pop(action.seq + 1, None)
+        if deferred is not None:
+            self._jobs.put_nowait(deferred)
+        for seq in [s for s in self._deferred if s <= action.seq]:
+            del self._deferred[seq]
+
+    def _after_commit(self, speculation: Speculation) -> None:
+        height = speculation.block.header.height
+        hashes = [tx.hash for tx in speculation.txs]
+        self.mempool.remove(hashes)
+        reader = self.state.reader()
+        self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
+                                 lambda address: next_nonce(reader, address))
+        for index, (tx, receipt) in enumerate(zip(speculation.txs, speculation.result.receipts,
+                                                  strict=True)):
+            self.waiters.resolve(tx.hash, {"hash": tx.hash.hex(), "height": height,
+                                           "index": index, "receipt": jsonable(receipt.to_wire())})
+        self.speculations.pop(speculation.block.hash, None)
+        log.info("committed height %d (%d txs) %s", height, len(hashes),
+                 speculation.block.hash.hex()[:16])
+
+    def _state_digest_at(self, seq: int) -> bytes:
+        height = self._height_at_seq(seq)
+        if height == 0:
+            return self.store.tip()[1] if self.store.tip()[0] == 0 else self.genesis.hash
+        header = self.store.header(height)
+        invariant(header is not None, f"no header at height {height}")
+        assert header is not None
+        return header.hash
+
+    def _height_at_seq(self, seq: int) -> int:
+        """The highest height whose certificate sequence is <= seq (binary search)."""
+        low, high = 0, self.store.tip()[0]
+        while low < high:
+            middle = (low + high + 1) // 2
+            cert = self.store.certificate(middle)
+            invariant(cert is not None, f"no certificate at height {middle}")
+            assert cert is not None
+            if cert.seq <= seq:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def _halt(self, reason: str) -> None:
+        self.halted = reason
+        log.critical("HALTED: %s", reason)
+
+    # -- catch-up ---------------------------------------------------------------------------
+    def _fetch(self, action: FetchCommitted) -> None:
+        if self.p2p is None:
+            return
+        request = {"k": "fetch", "from": action.from_seq,
+                   "to": min(action.to_seq, action.from_seq + FETCH_SEQS_MAX - 1)}
+        for peer in action.peers[:2]:
+            self.p2p.send(self.validators[peer], request)
+
+    def _serve_fetch(self, peer: bytes, message: dict[str, Any]) -> None:
+        first, last = message.get("from"), message.get("to")
+        if type(first) is not int or type(last) is not int or not 1 <= first <= last:
+            raise MessageError("fetch needs 1 <= from <= to")
+        last = min(last, first + FETCH_SEQS_MAX - 1, self.executed_seq)
+        items: list[dict[str, Any]] = []
+        size = 0
+        height = self._height_at_seq(first - 1) + 1
+        for seq in range(first, last + 1):
+            null = self.store.db.get(_null_key(seq))
+            if null is not None:
+                items.append({"seq": seq, "payload": b"", "cert": decode(null)})
+                continue
+            cert = self.store.certificate(height)
+            if cert is None or cert.seq != seq:
+                break  # neither a block nor a null here: we do not know this seq
+            block = self.store.block(height)
+            assert block is not None
+            payload = block.encode()
+            size += len(payload)
+            if size > FETCH_BYTES_MAX and items:
+                break
+            items.append({"seq": seq, "payload": payload, "cert": {
+                "view": cert.view, "seq": cert.seq, "digest": cert.block_hash,
+                "signatures": [list(pair) for pair in cert.signatures]}})
+            height += 1
+        if items and self.p2p is not None:
+            self.p2p.send(peer, {"k": "fetched", "items": items})
+
+    def _on_fetched(self, items: Any) -> None:
+        if not isinstance(items, list):
+            raise MessageError("fetched frame needs a list")
+        for item in items[:FETCH_SEQS_MAX]:
+            if not isinstance(item, dict) or not isinstance(item.get("payload"), bytes) \
+                    or type(item.get("seq")) is not int:
+                raise MessageError("malformed fetched item")
+            self.feed(CommittedFetched(item["seq"], item["payload"], proof_from_map(item["cert"])))
+
+    # -- running ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        host, port = _host_port(self.config.rpc_listen)
+        tls_dir = self.home / "tls"
+        peers = {v.public_key_bytes: v.p2p_address for v in self.genesis.validators}
+        self.p2p = PeerNetwork(self.chain_id, self.key, peers, self.config.p2p_listen,
+                               self.on_peer_message, cert_path=tls_dir / CERT_FILE_NAME,
+                               key_path=tls_dir / KEY_FILE_NAME)
+        await self.p2p.start()
+        app = create_rpc_app(build_node_methods(self),
+                             body_bytes_max=self.config.rpc_body_bytes_max)
+        rpc = await start_rpc_server(app, host, port)
+        worker = asyncio.create_task(self._job_worker(), name="jobs")
+        self.perform(self.replica.start())
+        log.info("node %s up: chain %s height %d, p2p %s, rpc %s", self.config.node_name,
+                 self.chain_id, self.store.tip()[0], self.config.p2p_listen, rpc.url)
+        try:
+            while not stop.is_set():
+                self._flush_forward()
+                if worker.done():
+                    worker.result()  # a crashed job worker is a programmer error: surface it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TICK_MS / 1000)
+        finally:
+            log.info("node %s stopping", self.config.node_name)
+            worker.cancel()
+            for handle in self._timers.values():
+                handle.cancel()
+            await rpc.stop()
+            await self.p2p.close()
+            self._verify_pool.shutdown(wait=False, cancel_futures=True)
+            self.store.close()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- logging and entry points -----------------------------------------------------------------
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def _serve(home: Path) -> None:
+    node = Node(home)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.run(stop)
+
+
+def main(home: Path, *, log_format: str = "text", log_level: str = "INFO") -> int:
+    setup_logging(log_format, log_level)
+    try:
+        asyncio.run(_serve(home))
+    except NodeError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"cityledger: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"cityledger: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def verify_home_chain(home: Path) -> VerifyReport:
+    """Offline `verify-chain`: re-check the store of the node in `home`."""
+    genesis = load_genesis(Path(home) / "genesis.json")
+    store = BlockStore.open(Path(home) / "data" / "ledger.db")
+    try:
+        return verify_chain(store, genesis.hash, genesis.chain_id,
+                            [v.public_key_bytes for v in genesis.validators])
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main(Path(os.environ.get("CITYLEDGER_HOME", ".")))
