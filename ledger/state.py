@@ -231,8 +231,6 @@ class PlyvelLike(Protocol):
 
     def iterator(self, *, prefix: bytes) -> Any: ...
 
-    def raw_iterator(self) -> Any: ...
-
     def write_batch(self, *, sync: bool = ...) -> Any: ...
 
 
@@ -263,7 +261,10 @@ class PlyvelBackend:
 
     def items_of_prefixes(self, prefixes: list[bytes]) -> list[list[tuple[bytes, bytes]]]:
         # One raw iterator and a seek per prefix: about half the cost of an iterator per
-        # prefix, and one consistent snapshot for the whole block.
+        # prefix, and one consistent snapshot for the whole block. A plyvel PrefixedDB has
+        # no raw iterator, so it takes the slower path.
+        if not hasattr(self.db, "raw_iterator"):
+            return [list(self.items(prefix)) for prefix in prefixes]
         cursor = self.db.raw_iterator()
         out: list[list[tuple[bytes, bytes]]] = []
         try:

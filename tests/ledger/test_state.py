@@ -154,6 +154,22 @@ def test_reopening_leveldb_gives_the_same_root_height_and_entries(tmp_path: Path
     db.close()
 
 
+def test_plain_and_prefixed_leveldb_give_the_same_roots_as_memory(tmp_path: Path) -> None:
+    db = _open(tmp_path / "db")
+    states = [WorldState(db), WorldState(db.prefixed_db(b"node/")), WorldState.in_memory()]
+    blocks: list[dict[bytes, bytes | None]] = [
+        {f"k/{i}".encode(): str(i).encode() for i in range(200)},
+        {b"k/3": None, b"k/4": b"four", b"k/new": b"n"},
+    ]
+    for height, writes in enumerate(blocks):
+        roots = {state.commit(writes, height=height) for state in states}
+        assert len(roots) == 1
+    for state in states:
+        assert verify_state_proof(state.root, b"k/4", b"four", state.prove(b"k/4"))
+        assert state.reader().get(b"k/3") is None
+    db.close()
+
+
 def test_reopening_with_corrupt_metadata_halts(tmp_path: Path) -> None:
     db = _open(tmp_path / "db")
     WorldState(db).commit({b"a": b"1"})
