@@ -31,6 +31,7 @@ State layout (intervals and sequence numbers as 20-digit decimals so keys sort b
     b"energy/market/<zone>/<interval>/<class>"         -> market record
     b"energy/book/<zone>/<interval>/<class>/<kind>/<seq>" -> order (kind: bid | offer)
     b"energy/open/<interval>/<zone>/<class>"           -> true while the market is uncleared
+    b"energy/side/<zone>/<interval>/<class>/<account>" -> ["bid"] or ["offer"], until clearing
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from txtypes.balances import balance_of, move
 from txtypes.base import Payload, TxFamily
 from txtypes.contracts import require_lockable_class
 from txtypes.energy_market import Order, clear, cost_units, lock_units
+from txtypes.governance import param_get
 from txtypes.roles import require_role
 
 FAMILY = "energy"
@@ -60,12 +62,14 @@ ZONE_PREFIX = b"energy/zone/"
 MARKET_PREFIX = b"energy/market/"
 BOOK_PREFIX = b"energy/book/"
 OPEN_PREFIX = b"energy/open/"
+SIDE_PREFIX = b"energy/side/"
 
 INTERVAL_BLOCKS_DEFAULT = 10
 ORDERS_PER_MARKET_MAX_DEFAULT = 256
 ENERGY_WH_MAX = 10**12  # a terawatt-hour: far above any household meter
 PRICE_PER_KWH_MAX = 10**9
 OPEN_SCAN_BATCH = 64
+SETTING_MAX = 1_000_000
 
 ADDRESS_PATTERN = r"^[0-9a-f]{40}$"
 ZoneStr = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
@@ -132,6 +136,10 @@ def book_prefix(zone: str, interval: int, class_id: str, kind: str) -> bytes:
     return BOOK_PREFIX + f"{zone}/{_n(interval)}/{class_id}/{kind}/".encode()
 
 
+def side_prefix(zone: str, interval: int, class_id: str) -> bytes:
+    return SIDE_PREFIX + f"{zone}/{_n(interval)}/{class_id}/".encode()
+
+
 def open_key(interval: int, zone: str, class_id: str) -> bytes:
     return OPEN_PREFIX + f"{_n(interval)}/{zone}/{class_id}".encode()
 
@@ -148,16 +156,46 @@ def _get(state: StateReader, key: bytes) -> Any | None:
     return None if raw is None else decode(raw)
 
 
-def _params(state: StateReader) -> dict[str, int]:
+def _params(state: StateReader) -> dict[str, Any]:
     params = _get(state, PARAMS_KEY)
     if params is None:
-        return {"interval_blocks": INTERVAL_BLOCKS_DEFAULT,
-                "orders_per_market_max": ORDERS_PER_MARKET_MAX_DEFAULT}
+        return _initial_params(INTERVAL_BLOCKS_DEFAULT, ORDERS_PER_MARKET_MAX_DEFAULT)
     return dict(params)
 
 
+def _initial_params(interval_blocks: int, orders_per_market_max: int) -> dict[str, Any]:
+    return {
+        "orders_per_market_max": orders_per_market_max,
+        "epochs": [{"start_height": 0, "start_interval": 0, "interval_blocks": interval_blocks}],
+    }
+
+
+def _valid_setting(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= SETTING_MAX
+
+
 def interval_of(state: StateReader, height: int) -> int:
-    return height // _params(state)["interval_blocks"]
+    """The market interval that block `height` belongs to."""
+    epochs = _params(state)["epochs"]
+    epoch = next((e for e in reversed(epochs) if e["start_height"] <= height), epochs[0])
+    start_interval: int = epoch["start_interval"]
+    return start_interval + (height - epoch["start_height"]) // epoch["interval_blocks"]
+
+
+def interval_heights(state: StateReader, interval: int) -> tuple[int, int]:
+    """First and last block height of market interval `interval`."""
+    epochs = _params(state)["epochs"]
+    epoch = next((e for e in reversed(epochs) if e["start_interval"] <= interval), epochs[0])
+    blocks: int = epoch["interval_blocks"]
+    first: int = epoch["start_height"] + (interval - epoch["start_interval"]) * blocks
+    return first, first + blocks - 1
+
+
+def orders_per_market_max(state: StateReader) -> int:
+    """Governance may change this at any time; a bad value leaves the genesis one."""
+    fallback: int = _params(state)["orders_per_market_max"]
+    value = param_get(state, FAMILY, "orders_per_market_max", fallback)
+    return value if _valid_setting(value) else fallback
 
 
 def unsold_surplus_wh(meter: Mapping[str, Any]) -> int:
@@ -182,7 +220,7 @@ def _orders(state: StateReader, zone: str, interval: int, class_id: str,
 
 def energy_market(state: StateReader, zone: str, interval: int) -> dict[str, Any]:
     """RPC `energy_market`: every class's book and clearing result for a zone and interval."""
-    blocks = _params(state)["interval_blocks"]
+    first_height, last_height = interval_heights(state, interval)
     prefix = MARKET_PREFIX + f"{zone}/{_n(interval)}/".encode()
     markets = []
     for _, raw in state.scan(prefix, 1 << 16):
@@ -196,8 +234,8 @@ def energy_market(state: StateReader, zone: str, interval: int) -> dict[str, Any
     return {
         "zone": zone,
         "interval": interval,
-        "first_height": interval * blocks,
-        "last_height": (interval + 1) * blocks - 1,
+        "first_height": first_height,
+        "last_height": last_height,
         "account": market_account(zone, interval),
         "markets": markets,
     }
@@ -224,9 +262,11 @@ class EnergyFamily(TxFamily):
                                                 ORDERS_PER_MARKET_MAX_DEFAULT),
         }
         for name, value in values.items():
-            if type(value) is not int or not 1 <= value <= 1_000_000:
-                raise ValueError(f"energy: genesis {name} must be an integer in [1, 1000000]")
-        state.put_obj(PARAMS_KEY, values)
+            if not _valid_setting(value):
+                raise ValueError(f"energy: genesis {name} must be an integer in "
+                                 f"[1, {SETTING_MAX}]")
+        state.put_obj(PARAMS_KEY, _initial_params(values["interval_blocks"],
+                                                  values["orders_per_market_max"]))
 
     # -- meters -----------------------------------------------------------------------
     def check_register_meter(self, ctx: TxContext, state: StateView) -> None:
@@ -331,7 +371,7 @@ class EnergyFamily(TxFamily):
 
     # -- orders -----------------------------------------------------------------------
     def _order_context(
-        self, ctx: TxContext, state: StateView
+        self, ctx: TxContext, state: StateView, kind: str
     ) -> tuple[OrderPayload, dict[str, Any], int, dict[str, Any]]:
         """Checks common to offers and bids; the payload, meter, interval and market."""
         p = ctx.payload
@@ -352,7 +392,14 @@ class EnergyFamily(TxFamily):
         }
         invariant(market["status"] == "open",
                   f"order for market {meter['zone']}/{interval} after it cleared")
-        limit = _params(state)["orders_per_market_max"]
+        sides = state.get_obj(side_prefix(meter["zone"], interval, p.class_id)
+                              + ctx.sender_address.encode()) or []
+        other = "bid" if kind == "offer" else "offer"
+        if other in sides:
+            raise RuleError("self_trade",
+                            f"{ctx.sender_address} already has an {other} in this market; "
+                            "an account may not trade with itself")
+        limit = orders_per_market_max(state)
         if market["offer_count"] + market["bid_count"] >= limit:
             raise RuleError("market_full",
                             f"the {meter['zone']} market of interval {interval} already holds "
@@ -361,7 +408,7 @@ class EnergyFamily(TxFamily):
 
     def _check_offer(self, ctx: TxContext, state: StateView) -> tuple[
             OrderPayload, dict[str, Any], int, dict[str, Any]]:
-        p, meter, interval, market = self._order_context(ctx, state)
+        p, meter, interval, market = self._order_context(ctx, state, "offer")
         unsold = meter["certified_wh"] - meter["sold_wh"]
         if p.quantity_wh > unsold:
             raise RuleError("exceeds_certified_surplus",
@@ -386,7 +433,7 @@ class EnergyFamily(TxFamily):
 
     def _check_bid(self, ctx: TxContext, state: StateView) -> tuple[
             OrderPayload, dict[str, Any], int, dict[str, Any], int]:
-        p, meter, interval, market = self._order_context(ctx, state)
+        p, meter, interval, market = self._order_context(ctx, state, "bid")
         lock = lock_units(p.quantity_wh, p.price_per_kwh)
         have = balance_of(state, p.class_id, ctx.sender_address)
         if have < lock:
@@ -417,6 +464,10 @@ class EnergyFamily(TxFamily):
             "height": ctx.block.height, "status": "open", "filled_wh": 0, "paid_units": 0,
             "refunded_units": 0,
         })
+        side_key = side_prefix(zone, interval, p.class_id) + ctx.sender_address.encode()
+        sides = state.get_obj(side_key) or []
+        if kind not in sides:
+            state.put_obj(side_key, sorted([*sides, kind]))
         market[f"{kind}_count"] += 1
         state.put_obj(market_key(zone, interval, p.class_id), market)
         state.put_obj(open_key(interval, zone, p.class_id), True)
@@ -435,7 +486,26 @@ class EnergyFamily(TxFamily):
                 state.delete(key)
                 clear_market(state, zone, int(interval_text), class_id, block.height)
             if len(due) < OPEN_SCAN_BATCH:
-                return
+                break
+        if first_open_interval != interval_of(state, block.height):
+            _adopt_interval_change(state, block.height + 1, first_open_interval)
+
+
+def _adopt_interval_change(state: StateView, next_height: int, next_interval: int) -> None:
+    """Apply a governance change of interval_blocks from the next interval boundary on.
+
+    Changing the length only at a boundary keeps interval numbers increasing and every
+    market's interval whole; an invalid value is ignored and the current length stays.
+    """
+    params = _params(state)
+    current: int = params["epochs"][-1]["interval_blocks"]
+    wanted = param_get(state, FAMILY, "interval_blocks", current)
+    if wanted == current or not _valid_setting(wanted):
+        return
+    params["epochs"] = [*params["epochs"], {
+        "start_height": next_height, "start_interval": next_interval, "interval_blocks": wanted,
+    }]
+    state.put_obj(PARAMS_KEY, params)
 
 
 def clear_market(state: StateView, zone: str, interval: int, class_id: str,
@@ -483,6 +553,8 @@ def clear_market(state: StateView, zone: str, interval: int, class_id: str,
         _add_to_meter(state, offer["meter_id"], {"sold_wh": offer["filled_wh"],
                                                  "offered_wh": -offer["quantity_wh"]})
         state.put_obj(key, offer)
+    for key, _ in state.scan(side_prefix(zone, interval, class_id), 1 << 20):
+        state.delete(key)
     invariant(balance_of(state, class_id, account) == 0,
               f"market {zone}/{interval} still holds {class_id} after clearing")
     market = dict(state.get_obj(market_key(zone, interval, class_id)))

@@ -14,6 +14,7 @@ from ledger.crypto import KeyPair
 from ledger.overlay import MemoryKV, Overlay
 from ledger.rules import BlockContext, RuleError, TxContext
 from ledger.tx import sign_tx
+from tests.txtypes.conftest import Cast, Chain, city_genesis, city_modules
 from txtypes.balances import balance_of, credit
 from txtypes.contract_templates.hourly_work import owed_for
 from txtypes.contracts import DUE_PREFIX, ContractsFamily, contract_get
@@ -499,3 +500,33 @@ def test_many_contracts_due_in_one_block_all_settle() -> None:
 
 def test_contract_get_unknown_is_none(h: Harness) -> None:
     assert contract_get(h.state, "f" * 32) is None
+
+
+# -- end to end through the executor, with the real tokens family ---------------------------
+
+def test_hourly_work_through_the_executor_pays_a_part_time_worker() -> None:
+    chain = Chain([*city_modules(), ContractsFamily()], city_genesis())
+    cafe, worker, clock = key(50), key(51), key(52)
+    chain.ok(Cast.treasury, "tokens", "define_class", {
+        "class_id": "scoin", "name": "S-Coin", "budget": 100_000, "categories": ["food"],
+        "transferable": True, "expiry_height": 1000, "redemption_cents_per_unit": 1})
+    chain.ok(Cast.treasury, "tokens", "issue", {"class_id": "scoin", "to": cafe.address,
+                                                "amount": 2000})
+    terms = {"worker": worker.address, "rate_per_hour": 120, "budget": 1000,
+             "period_end_height": chain.next_height + 5, "time_clock": clock.address}
+    created = chain.ok(cafe, "contracts", "create",
+                       {"template": "hourly_work", "class_id": "scoin", "terms": terms})
+    cid = created["contract_id"]
+    act = {"contract_id": cid, "action": "record_time"}
+    chain.ok(clock, "contracts", "act", {**act, "args": {"minutes": 240}})
+    chain.reject(worker, "contracts", "act", {**act, "args": {"minutes": 600}},
+                 code="not_authorised_recorder")
+    chain.reject(cafe, "contracts", "act", {**act, "args": {"minutes": 300}},
+                 code="exceeds_escrowed_budget")
+    chain.ok(cafe, "contracts", "act", {**act, "args": {"minutes": 30}})
+    chain.advance_to(terms["period_end_height"])
+    view = chain.state
+    assert balance_of(view, "scoin", worker.address) == 540  # 4.5 h x 120
+    assert balance_of(view, "scoin", cafe.address) == 2000 - 540
+    record = contract_get(view, cid)
+    assert record is not None and record["outcome"] == "settled"

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ledger.crypto import KeyPair
+from ledger.executor import Executor
 from ledger.overlay import MemoryKV, Overlay
 from ledger.rules import BlockContext, RuleError, TxContext
+from ledger.state import WorldState
 from ledger.tx import sign_tx
+from tests.txtypes.conftest import Cast, city_genesis, city_modules
 from txtypes.balances import balance_of, credit
-from txtypes.energy import EnergyFamily, energy_market, meter_get
+from txtypes.contracts import ContractsFamily
+from txtypes.energy import EnergyFamily, energy_market, interval_heights, interval_of, meter_get
 from txtypes.energy_market import Order, clear, cost_units, lock_units
+from txtypes.governance import param_key
 from txtypes.roles import grant_role
 
 CHAIN_ID = "test-city"
@@ -339,3 +348,145 @@ def test_money_rounding_never_charges_more_than_the_lock() -> None:
 def test_genesis_refuses_bad_energy_params(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         EnergyFamily().init_genesis(Overlay(MemoryKV()), params)
+
+
+def test_an_account_cannot_bid_against_its_own_offer(h: EnergyHarness) -> None:
+    h.register(key(42), ALICE)  # Alice's second meter, same zone
+    credit(h.state, CLASS, ALICE.address, 500)
+    h.order("offer", ALICE, METER_A, 1000, 100)
+    assert h.order_rejected("bid", ALICE, key(42), 1000, 200) == "self_trade"
+    h.order("bid", BOB, METER_B, 500, 200)
+    assert h.order_rejected("offer", BOB, METER_B, 1, 1) == "self_trade"
+    h.run_to(START_HEIGHT + 4)
+    h.order("bid", ALICE, key(42), 1000, 200)  # a new interval is a new market
+
+
+# -- governance parameters ------------------------------------------------------------------
+
+def test_governance_change_of_interval_length_starts_at_the_next_boundary(
+        h: EnergyHarness) -> None:
+    h.state.put_obj(param_key("energy", "interval_blocks"), 3)
+    assert interval_of(h.state, 14) == 2 and interval_of(h.state, 15) == 3
+    h.run_to(START_HEIGHT + 4)  # end of interval 2 (heights 10..14)
+    assert [interval_of(h.state, height) for height in (14, 15, 17, 18, 21)] == [2, 3, 3, 4, 5]
+    assert interval_heights(h.state, 2) == (10, 14)
+    assert interval_heights(h.state, 3) == (15, 17)
+    assert interval_heights(h.state, 4) == (18, 20)
+    h.run_to(15)
+    h.order("offer", ALICE, METER_A, 1000, 100)
+    h.order("bid", BOB, METER_B, 1000, 100)
+    h.run_to(16)
+    assert h.balance(ALICE) == 0
+    h.run_to(17)  # last block of interval 3 under the new length
+    assert h.balance(ALICE) == 100 and h.balance("market:north/3") == 0
+
+
+def test_invalid_governance_interval_length_is_ignored(h: EnergyHarness) -> None:
+    h.state.put_obj(param_key("energy", "interval_blocks"), 0)
+    h.run_to(START_HEIGHT + 4)
+    assert interval_heights(h.state, 3) == (15, 19)
+
+
+def test_governance_can_lower_the_orders_per_market_limit(h: EnergyHarness) -> None:
+    h.state.put_obj(param_key("energy", "orders_per_market_max"), 1)
+    h.order("offer", ALICE, METER_A, 1000, 100)
+    assert h.order_rejected("bid", BOB, METER_B, 1000, 100) == "market_full"
+
+
+# -- end to end through the executor: a day of trading, and determinism ---------------------
+
+E2E_INTERVAL_BLOCKS = 4
+
+
+def trading_day() -> list[list[Any]]:
+    """Blocks (from height 1) where two households trade surplus and contracts run."""
+    nonces: dict[str, int] = defaultdict(int)
+
+    def tx(signer: KeyPair, family: str, op: str, payload: dict[str, Any]) -> Any:
+        nonce = nonces[signer.address]
+        nonces[signer.address] += 1
+        return sign_tx(signer, "test-city", family, op, nonce, payload)
+
+    def order(owner: KeyPair, meter: KeyPair, op: str, wh: int, price: int) -> Any:
+        return tx(owner, "energy", op, {"meter_id": meter.address, "quantity_wh": wh,
+                                        "price_per_kwh": price, "class_id": "scoin"})
+
+    blocks: list[list[Any]] = [
+        [tx(Cast.treasury, "tokens", "define_class", {
+            "class_id": "scoin", "name": "S-Coin", "budget": 100_000, "categories": ["food"],
+            "transferable": True, "expiry_height": 1000, "redemption_cents_per_unit": 1}),
+         *[tx(Cast.utility, "energy", "register_meter", {
+             "meter_key": m.public_key.hex(), "owner": o.address, "zone": "harbour"})
+           for m, o in ((METER_A, ALICE), (METER_B, BOB), (METER_C, CAROL))]],
+        [tx(Cast.treasury, "tokens", "issue", {"class_id": "scoin", "to": who.address,
+                                                "amount": 1000}) for who in (BOB, DAVE)],
+        [],  # interval 0 is heights 0..3; its readings can come from height 4 on
+        [tx(METER_A, "energy", "reading", {"interval": 0, "produced_wh": 6000,
+                                           "consumed_wh": 2000}),
+         tx(METER_C, "energy", "reading", {"interval": 0, "produced_wh": 2500,
+                                           "consumed_wh": 500}),
+         tx(ALICE, "energy", "reading", {"interval": 0, "produced_wh": 10**6,  # not a meter
+                                         "consumed_wh": 0})],
+        [order(ALICE, METER_A, "offer", 4000, 90), order(CAROL, METER_C, "offer", 2000, 130),
+         order(CAROL, METER_C, "offer", 1, 1),  # rejected: surplus already offered
+         order(BOB, METER_B, "bid", 5000, 150),
+         tx(DAVE, "contracts", "create", {"template": "escrow", "class_id": "scoin", "terms": {
+             "payee": CAROL.address, "arbiter": Cast.registry.address, "amount": 300,
+             "deadline_height": 9}})],
+        [], [],  # interval 1 (heights 4..7) clears at the end of block 7
+        [tx(METER_A, "energy", "reading", {"interval": 1, "produced_wh": 100,
+                                           "consumed_wh": 0}),
+         tx(METER_A, "energy", "reading", {"interval": 1, "produced_wh": 100,  # rewrite
+                                           "consumed_wh": 0})],
+        [],  # the escrow's deadline: refunded to Dave
+    ]
+    return blocks
+
+
+def run_trading_day() -> tuple[Any, list[str], list[str]]:
+    state = WorldState.in_memory()
+    modules = [*city_modules(), ContractsFamily(), EnergyFamily()]
+    genesis = {**city_genesis(), "energy": {"interval_blocks": E2E_INTERVAL_BLOCKS}}
+    seed = Overlay(state.reader())
+    for module in modules:
+        module.init_genesis(seed, dict(genesis.get(module.family, {})))
+    roots = [state.commit(seed.writes, height=0).hex()]
+    executor = Executor("test-city", modules)
+    rejections: list[str] = []
+    for height, txs in enumerate(trading_day(), start=1):
+        result = executor.execute_block(
+            state.reader(), BlockContext("test-city", height, height * 1000, bytes(32)), txs)
+        roots.append(state.commit(result.writes, height=height).hex() + result.receipts_root.hex())
+        rejections += [r.code for r in result.receipts if not r.ok]
+    return state, roots, rejections
+
+
+def test_trading_day_through_the_executor_settles_and_is_deterministic() -> None:
+    state, roots, rejections = run_trading_day()
+    assert run_trading_day()[1] == roots
+    assert rejections == ["not_a_meter", "surplus_already_offered", "interval_not_increasing"]
+    reader = state.reader()
+    market = energy_market(reader, "harbour", 1)
+    assert (market["first_height"], market["last_height"]) == (4, 7)
+    (book,) = market["markets"]
+    # Bob takes 4000 Wh from Alice and 1000 Wh from Carol; last pair (150, 130) -> 140/kWh.
+    assert book["status"] == "cleared" and book["clearing_price_per_kwh"] == 140
+    assert book["traded_wh"] == 5000 and book["offer_count"] == 2
+    assert balance_of(reader, "scoin", ALICE.address) == 560
+    assert balance_of(reader, "scoin", CAROL.address) == 140
+    assert balance_of(reader, "scoin", BOB.address) == 300
+    assert balance_of(reader, "scoin", DAVE.address) == 1000  # escrow refunded at height 9
+    assert balance_of(reader, "scoin", "market:harbour/1") == 0
+    meter_a = meter_get(reader, METER_A.address)
+    assert meter_a is not None and meter_a["certified_wh"] == 4100
+    assert meter_a["sold_wh"] == 4000 and meter_a["last_interval"] == 1
+
+
+def test_trading_day_roots_do_not_depend_on_the_hash_seed() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    expected = run_trading_day()[1][-1]
+    code = "from tests.txtypes.test_energy import run_trading_day; print(run_trading_day()[1][-1])"
+    env = {**os.environ, "PYTHONHASHSEED": "977", "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == expected

@@ -54,6 +54,21 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         self.issued = dict.fromkeys(CLASSES, 0)
         self.certified = [0] * len(METERS)
         self.last_interval = [-1] * len(METERS)
+        # (interval, meter index, class) -> the order kinds placed: an account never has
+        # both an offer and a bid in one market.
+        self.sides: dict[tuple[int, int, str], set[str]] = {}
+
+    def _other_side_taken(self, i: int, class_id: str, kind: str) -> bool:
+        interval = interval_of(self.h.state, self.h.height)
+        zone = METERS[i][2]
+        other = "bid" if kind == "offer" else "offer"
+        return any(other in kinds for (iv, j, c), kinds in self.sides.items()
+                   if iv == interval and c == class_id and METERS[j][2] == zone
+                   and METERS[j][1] == METERS[i][1])
+
+    def _record_side(self, i: int, class_id: str, kind: str) -> None:
+        interval = interval_of(self.h.state, self.h.height)
+        self.sides.setdefault((interval, i, class_id), set()).add(kind)
 
     def _meter(self, i: int) -> dict[str, Any]:
         return self.h.meter(METERS[i][0])
@@ -98,27 +113,34 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         meter, owner, _ = METERS[i]
         before = self._meter(i)
         free = before["certified_wh"] - before["sold_wh"] - before["offered_wh"]
+        self_trade = self._other_side_taken(i, class_id, "offer")
         try:
             self.h.order("offer", owner, meter, quantity, price, class_id)
         except RuleError as exc:
             assert exc.code in {"exceeds_certified_surplus", "surplus_already_offered",
-                                "market_full"}
-            assert exc.code == "market_full" or quantity > free
+                                "market_full", "self_trade"}
+            assert (exc.code == "self_trade") == self_trade
+            assert exc.code in ("market_full", "self_trade") or quantity > free
             return
-        assert quantity <= free
+        assert quantity <= free and not self_trade
+        self._record_side(i, class_id, "offer")
 
     @rule(i=meter_index, quantity=st.integers(1, 5000), price=st.integers(1, 400),
           class_id=class_name)
     def bid(self, i: int, quantity: int, price: int, class_id: str) -> None:
         meter, owner, _ = METERS[i]
         have = self.h.balance(owner, class_id)
+        self_trade = self._other_side_taken(i, class_id, "bid")
         try:
             self.h.order("bid", owner, meter, quantity, price, class_id)
         except RuleError as exc:
-            assert exc.code in {"insufficient_funds", "market_full"}
-            assert exc.code == "market_full" or have < lock_units(quantity, price)
+            assert exc.code in {"insufficient_funds", "market_full", "self_trade"}
+            assert (exc.code == "self_trade") == self_trade
+            assert exc.code in ("market_full", "self_trade") or have < lock_units(quantity, price)
             return
+        assert not self_trade
         assert self.h.balance(owner, class_id) == have - lock_units(quantity, price)
+        self._record_side(i, class_id, "bid")
 
     @rule(blocks=st.integers(1, 4))
     def advance(self, blocks: int) -> None:
