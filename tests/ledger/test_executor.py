@@ -303,3 +303,18 @@ def test_admission_refuses_unknown_family_operation_bad_payload_and_wrong_chain(
 def test_two_modules_with_one_family_are_refused() -> None:
     with pytest.raises(InvariantViolation):
         Executor(CHAIN, [CounterModule([]), CounterModule([])])
+
+
+def test_execution_over_committed_state_matches_execution_over_memory() -> None:
+    from ledger.state import WorldState
+
+    state = WorldState.in_memory()
+    memory = MemoryKV()
+    first = _executor().execute_block(memory, _block(1), [_tx(ALICE, 0), _tx(BOB, 0)])
+    memory.apply(first.writes)
+    state.commit(first.writes, height=1)
+    txs = [_tx(ALICE, 1), _tx(BOB, 1, op="fail", payload={"code": "x"}), _tx(ALICE, 0)]
+    over_memory = _executor().execute_block(memory, _block(2), txs)
+    over_state = _executor().execute_block(state.reader(), _block(2), txs)
+    assert over_state.writes == over_memory.writes
+    assert over_state.receipts_root == over_memory.receipts_root
