@@ -34,7 +34,7 @@ from typing import Any
 
 from ledger.crypto import PUBLIC_KEY_BYTES, KeyPair
 from ledger.errors import LedgerError
-from p2p.framing import KEEPALIVE_FRAME, FrameError, FrameReader, encode_frame
+from p2p.framing import KEEPALIVE_FRAME, LENGTH_BYTES, FrameError, FrameReader, encode_frame
 from p2p.handshake import HandshakeError, accept_handshake, dial_handshake, peer_certificate_der
 from p2p.sendqueue import SendQueue
 from p2p.tls import (
@@ -237,6 +237,8 @@ class PeerNetwork:
     def broadcast(self, message: dict[str, Any]) -> int:
         """Queue `message` for every other validator (encoded once); returns how many took it."""
         frame = encode_frame(message)
+        if not self._frame_fits(frame):
+            return 0
         return sum(self._enqueue(peer, frame) for peer in self._peers)
 
     def connected_peers(self) -> list[bytes]:
@@ -277,16 +279,22 @@ class PeerNetwork:
 
     # -- sending ----------------------------------------------------------------------
 
+    def _frame_fits(self, frame: bytes) -> bool:
+        # The receiver would close the link on it, so refusing here is kinder to everyone.
+        if len(frame) - LENGTH_BYTES > self.limits.frame_bytes_max:
+            self.counters["send_dropped_oversize"] += 1
+            logger.error("p2p message of %d bytes exceeds frame_bytes_max; not sent", len(frame))
+            return False
+        return True
+
     def _enqueue(self, peer: bytes, frame: bytes) -> bool:
-        queue = self._queues.get(peer)
         if self._closing:
             return False
+        queue = self._queues.get(peer)
         if queue is None:
             self.counters["send_unknown_peer"] += 1
             return False
-        if len(frame) - 4 > self.limits.frame_bytes_max:
-            self.counters["send_dropped_oversize"] += 1
-            logger.error("p2p message of %d bytes exceeds frame_bytes_max; not sent", len(frame))
+        if not self._frame_fits(frame):
             return False
         if not queue.offer(frame):
             self.counters["send_dropped_queue_full"] += 1
@@ -439,10 +447,10 @@ class PeerNetwork:
         self._connections[peer] = connection
         self.counters["connections_opened"] += 1
         logger.info("p2p connected to %s (%s)", _short(peer), "dialed" if outbound else "accepted")
-        self._notify_peer_change(peer, True)
         read_task = asyncio.get_running_loop().create_task(self._read_loop(connection))
         write_task = asyncio.get_running_loop().create_task(self._write_loop(connection))
         try:
+            self._notify_peer_change(peer, True)
             await asyncio.wait((read_task, write_task), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (read_task, write_task):
@@ -469,8 +477,10 @@ class PeerNetwork:
             self._notify_peer_change(peer, False)
 
     def _notify_peer_change(self, peer: bytes, connected: bool) -> None:
+        # Scheduled, not called: a raising callback is then reported by the event loop and
+        # cannot break the connection or dial task that noticed the change.
         if self._on_peer_change is not None and not self._closing:
-            self._on_peer_change(peer, connected)
+            asyncio.get_running_loop().call_soon(self._on_peer_change, peer, connected)
 
     async def _read_loop(self, connection: _Connection) -> str:
         """Deliver frames until the link ends; returns why it ended."""

@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.crypto import KeyPair
 from p2p import HandshakeError, PeerNetwork, encode_frame, server_context, write_node_tls
 from p2p.framing import read_frame
 from p2p.handshake import (
     HANDSHAKE_FRAME_BYTES_MAX,
+    accept_handshake,
     dial_handshake,
     hello_payload,
     peer_certificate_der,
 )
-from p2p.tls import certificate_der, certificate_fingerprint
+from p2p.tls import build_certificate_pem, certificate_der, certificate_fingerprint
 from tests.p2p.support import (
     CHAIN_ID,
     FAST_LIMITS,
@@ -314,3 +319,70 @@ def test_an_oversize_hello_is_refused_before_it_is_read(tmp_path: Path) -> None:
             await server.close()
 
     asyncio.run(scenario())
+
+
+_FUZZ_SERVER_KEY = KeyPair(b"\x05" * 32)
+_FUZZ_SERVER_CERT_DER = x509.load_pem_x509_certificate(
+    build_certificate_pem(_FUZZ_SERVER_KEY)[0]
+).public_bytes(serialization.Encoding.DER)
+
+
+class _CollectingWriter:
+    """Stands in for the transport's write side; the handshake logic itself runs for real."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+
+_field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.binary(max_size=70), st.text(max_size=12),
+    st.sampled_from([b"\x00" * 32, b"\x01" * 64, CHAIN_ID, 1, "p2p-hello", "p2p-hello-client"]),
+)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """A well-formed handshake message with some fields replaced, removed or added."""
+    message = dict(base)
+    for name in draw(st.lists(st.sampled_from([*base, "extra"]), max_size=3)):
+        if draw(st.booleans()):
+            message.pop(name, None)
+        else:
+            message[name] = draw(_field_values)
+    return message
+
+
+_client_hello = {"type": "p2p-hello", "version": 1, "chain_id": CHAIN_ID, "key": b"\x02" * 32, "nonce": b"\x03" * 32}
+_client_proof = {"type": "p2p-hello-client", "sig": b"\x04" * 64}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(_mutated(_client_hello), _mutated(_client_proof)), max_size=3),
+    st.booleans(),
+)
+def test_arbitrary_hello_frames_end_in_a_handshake_error_and_never_authenticate(
+    frames: list[dict[str, Any]], admit_everyone: bool
+) -> None:
+    async def run() -> BaseException | bytes:
+        reader = asyncio.StreamReader()
+        for frame in frames:
+            reader.feed_data(encode_frame(frame))
+        reader.feed_eof()
+        try:
+            return await accept_handshake(
+                reader, _CollectingWriter(), chain_id=CHAIN_ID, key=_FUZZ_SERVER_KEY,  # type: ignore[arg-type]
+                own_cert_der=_FUZZ_SERVER_CERT_DER,
+                admit=lambda key: None if admit_everyone else "not a validator",
+            )
+        except HandshakeError as exc:
+            return exc
+
+    outcome = asyncio.run(run())
+    assert isinstance(outcome, HandshakeError)
