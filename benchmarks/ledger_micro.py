@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     senders = [KeyPair(sha256(f"bench sender {i}".encode())) for i in range(args.txs)]
     workload = Workload(senders, KeyPair(sha256(b"bench treasury")))
     samples: dict[str, list[float]] = {column: [] for column in COLUMNS}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ledger-micro-") as tmp:
         chain = Chain(Path(tmp) / "db", workload, validators)
         try:
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "txs_per_block": args.txs,
         "rounds": args.rounds,
         "python": platform.python_version(),
+        # Other processes on the machine inflate every column; the load says how much.
+        "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
         "store": store_label,
         "median_us_per_tx": medians,
         "total_us_per_tx": total,
@@ -268,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples_us_per_tx": samples,
     }
     print(f"ledger micro-benchmark: {workload.name}, {args.txs} txs/block, "
-          f"median of {args.rounds} blocks, one core")
+          f"median of {args.rounds} blocks, one core, "
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     print(f"{'stage':<16}{'us/tx (median)':>16}{'min':>10}{'max':>10}")
     for column in COLUMNS:
         values = samples[column]
