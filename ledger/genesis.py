@@ -4,7 +4,8 @@
 bad hex, duplicate validators and the like each give a `GenesisError` naming the field
 and the problem. `Genesis.hash` is SHA-256 of the canonical encoding of the normalised
 genesis (domain "genesis"), so it pins every field, including the module list and every
-module parameter: nodes whose genesis files differ in any way refuse to talk.
+module parameter: the block store records it and refuses a data dir of another genesis,
+and two nodes can compare one hash instead of a file.
 """
 
 from __future__ import annotations
