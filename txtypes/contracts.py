@@ -19,7 +19,7 @@ State layout:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -29,23 +29,23 @@ from txtypes.balances import balance_of, move
 from txtypes.base import Payload, TxFamily
 from txtypes.contract_templates.base import STATUS_OPEN, Contract, ContractTemplate, Opening
 from txtypes.contract_templates.registry import builtin_templates
+from txtypes.governance import Name
+from txtypes.tokens import require_active_class
 
 FAMILY = "contracts"
 PARAMS_KEY = b"contracts/params"
 CONTRACT_PREFIX = b"contracts/c/"
 DUE_PREFIX = b"contracts/due/"
-TOKEN_CLASS_PREFIX = b"tokens/class/"
 CONTRACT_ID_CHARS = 32
 DUE_SCAN_BATCH = 128
 
 NameStr = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-ClassIdStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ContractIdStr = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
 class CreatePayload(Payload):
     template: NameStr
-    class_id: ClassIdStr
+    class_id: Name
     terms: dict[str, Any]
 
 
@@ -67,32 +67,17 @@ def due_key(height: int, contract_id: str) -> bytes:
     return DUE_PREFIX + f"{height:020d}/{contract_id}".encode()
 
 
-def token_class_record(state: StateReader, class_id: str) -> Mapping[str, Any] | None:
-    """The token class record, or None.
+def require_lockable_class(state: StateView, class_id: str, height: int) -> None:
+    """RuleError unless units of `class_id` may be locked and paid out to another party.
 
-    The one place this module reads the tokens family's class record; switch it to the
-    tokens module's own lookup helper once that exists.
+    Purpose-bound (non-transferable) classes are refused: paying them out of an escrow
+    would be a transfer the tokens family forbids.
     """
-    raw = state.get(TOKEN_CLASS_PREFIX + class_id.encode())
-    if raw is None:
-        return None
-    record = decode(raw)
-    return record if isinstance(record, dict) else None
-
-
-def require_lockable_class(state: StateReader, class_id: str, height: int) -> None:
-    """RuleError unless units of `class_id` may be locked and paid out to another party."""
-    record = token_class_record(state, class_id)
-    if record is None:
-        raise RuleError("unknown_class", f"no token class {class_id!r}")
-    if record.get("transferable", True) is False:
+    record = require_active_class(state, class_id, height)
+    if not record["transferable"]:
         raise RuleError("not_transferable",
                         f"token class {class_id!r} is purpose-bound and cannot be paid to "
                         "another party through a contract")
-    expiry = record.get("expiry_height")
-    if isinstance(expiry, int) and not isinstance(expiry, bool) and height >= expiry:
-        raise RuleError("class_expired",
-                        f"token class {class_id!r} expired at height {expiry}")
 
 
 def load_contract(state: StateReader, contract_id: str) -> Contract | None:
@@ -121,7 +106,9 @@ def _validation_reason(exc: ValidationError) -> str:
 
 class ContractsFamily(TxFamily):
     family = FAMILY
-    operations: Mapping[str, type[BaseModel]] = {"create": CreatePayload, "act": ActPayload}
+    operations: ClassVar[Mapping[str, type[BaseModel]]] = {
+        "create": CreatePayload, "act": ActPayload,
+    }
 
     def __init__(self, templates: Mapping[str, ContractTemplate] | None = None) -> None:
         self.templates: dict[str, ContractTemplate] = dict(

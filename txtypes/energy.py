@@ -37,19 +37,19 @@ State layout (intervals and sequence numbers as 20-digit decimals so keys sort b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
 from ledger.codec import decode
 from ledger.crypto import address_of
-from ledger.errors import invariant
+from ledger.errors import InvariantViolation, invariant
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from txtypes.balances import balance_of, move
 from txtypes.base import Payload, TxFamily
 from txtypes.contracts import require_lockable_class
 from txtypes.energy_market import Order, clear, cost_units, lock_units
-from txtypes.governance import param_get
+from txtypes.governance import Name, param_get
 from txtypes.roles import require_role
 
 FAMILY = "energy"
@@ -74,7 +74,6 @@ SETTING_MAX = 1_000_000
 ADDRESS_PATTERN = r"^[0-9a-f]{40}$"
 ZoneStr = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 AddressStr = Annotated[str, Field(pattern=ADDRESS_PATTERN)]
-ClassIdStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 EnergyWh = Annotated[int, Field(ge=0, le=ENERGY_WH_MAX)]
 QuantityWh = Annotated[int, Field(ge=1, le=ENERGY_WH_MAX)]
 PricePerKwh = Annotated[int, Field(ge=1, le=PRICE_PER_KWH_MAX)]
@@ -101,7 +100,7 @@ class OrderPayload(Payload):
     meter_id: AddressStr
     quantity_wh: QuantityWh
     price_per_kwh: PricePerKwh
-    class_id: ClassIdStr
+    class_id: Name
 
 
 class StateReader(Protocol):
@@ -178,8 +177,9 @@ def interval_of(state: StateReader, height: int) -> int:
     """The market interval that block `height` belongs to."""
     epochs = _params(state)["epochs"]
     epoch = next((e for e in reversed(epochs) if e["start_height"] <= height), epochs[0])
-    start_interval: int = epoch["start_interval"]
-    return start_interval + (height - epoch["start_height"]) // epoch["interval_blocks"]
+    interval: int = (epoch["start_interval"]
+                     + (height - epoch["start_height"]) // epoch["interval_blocks"])
+    return interval
 
 
 def interval_heights(state: StateReader, interval: int) -> tuple[int, int]:
@@ -243,7 +243,7 @@ def energy_market(state: StateReader, zone: str, interval: int) -> dict[str, Any
 
 class EnergyFamily(TxFamily):
     family = FAMILY
-    operations: Mapping[str, type[BaseModel]] = {
+    operations: ClassVar[Mapping[str, type[BaseModel]]] = {
         "register_meter": RegisterMeterPayload,
         "deactivate_meter": DeactivateMeterPayload,
         "reading": ReadingPayload,
@@ -557,11 +557,19 @@ def clear_market(state: StateView, zone: str, interval: int, class_id: str,
         state.delete(key)
     invariant(balance_of(state, class_id, account) == 0,
               f"market {zone}/{interval} still holds {class_id} after clearing")
-    market = dict(state.get_obj(market_key(zone, interval, class_id)))
+    market = _require_obj(state, market_key(zone, interval, class_id))
     market.update({"status": "cleared", "clearing_price_per_kwh": price,
                    "traded_wh": result.traded_wh, "paid_units": paid_total,
                    "cleared_height": height})
     state.put_obj(market_key(zone, interval, class_id), market)
+
+
+def _require_obj(state: StateView, key: bytes) -> dict[str, Any]:
+    """A record this module wrote earlier; missing means corrupt state, so halt."""
+    value = state.get_obj(key)
+    if not isinstance(value, dict):
+        raise InvariantViolation(f"energy record {key!r} is missing")
+    return dict(value)
 
 
 def _by_seq(entries: list[tuple[bytes, bytes]]) -> dict[int, tuple[bytes, dict[str, Any]]]:
@@ -570,7 +578,7 @@ def _by_seq(entries: list[tuple[bytes, bytes]]) -> dict[int, tuple[bytes, dict[s
 
 
 def _add_to_meter(state: StateView, meter_id: str, deltas: Mapping[str, int]) -> None:
-    meter = dict(state.get_obj(meter_key(meter_id)))
+    meter = _require_obj(state, meter_key(meter_id))
     for field, delta in deltas.items():
         meter[field] += delta
     invariant(meter["offered_wh"] >= 0 and

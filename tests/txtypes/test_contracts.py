@@ -306,6 +306,7 @@ def test_hourly_work_time_beyond_the_escrowed_budget_is_refused_until_topped_up(
     h.act(PAYER, cid, "record_time", {"minutes": 100})
     assert h.act_rejected(CLOCK, cid, "record_time", {"minutes": 1}) == "exceeds_escrowed_budget"
     assert h.act_rejected(PAYEE, cid, "top_up", {"amount": 50}) == "not_employer"
+    assert h.act_rejected(PAYER, cid, "top_up", {"amount": 901}) == "insufficient_funds"
     assert h.act(PAYER, cid, "top_up", {"amount": 50})["budget"] == 150
     h.act(CLOCK, cid, "record_time", {"minutes": 50})
     h.run_to(START_HEIGHT + 5)

@@ -27,7 +27,7 @@ from txtypes.governance import param_key
 from txtypes.roles import grant_role
 
 CHAIN_ID = "test-city"
-CLASS = "kwh-coin"
+CLASS = "kwh_coin"
 INTERVAL_BLOCKS = 5
 START_HEIGHT = 10  # interval 2: heights 10..14, cleared in end_block of 14
 
@@ -297,10 +297,10 @@ def test_markets_of_different_zones_and_classes_clear_separately(h: EnergyHarnes
     h.reading(key(40), 1, 2000, 0)
     define_class(h.state, "euro")
     credit(h.state, "euro", BOB.address, 100)
-    h.order("offer", ALICE, METER_A, 1000, 100)           # north, kwh-coin
+    h.order("offer", ALICE, METER_A, 1000, 100)           # north, kwh_coin
     h.order("bid", BOB, key(41), 1000, 100, "euro")       # south, euro: no offer there
     h.order("offer", ALICE, key(40), 1000, 50, "euro")    # south, euro
-    h.order("bid", DAVE, METER_D, 1000, 100)              # north, kwh-coin
+    h.order("bid", DAVE, METER_D, 1000, 100)              # north, kwh_coin
     h.run_to(START_HEIGHT + 4)
     assert h.balance(ALICE) == 100 and h.balance(ALICE, "euro") == 75
     assert h.balance(BOB, "euro") == 25 and h.balance(DAVE) == 900

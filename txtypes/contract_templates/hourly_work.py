@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from ledger.rules import RuleError, StateView, TxContext
-from txtypes.balances import move
+from txtypes.balances import balance_of, move
 from txtypes.base import Payload
 from txtypes.contract_templates.base import (
     ADDRESS_PATTERN,
@@ -100,9 +100,14 @@ class HourlyWorkTemplate:
                      action: str, args: BaseModel) -> None:
         sender = ctx.sender_address
         data = contract.data
-        if action == "top_up":
+        if isinstance(args, TopUpArgs):
             if sender != data["employer"]:
                 raise RuleError("not_employer", "only the employer may add budget")
+            have = balance_of(state, contract.class_id, sender)
+            if have < args.amount:
+                raise RuleError("insufficient_funds",
+                                f"{sender} holds {have} units of {contract.class_id}, "
+                                f"the top-up needs {args.amount}")
             return
         assert isinstance(args, RecordTimeArgs)
         recorders = {data["employer"]} | ({data["time_clock"]} if data["time_clock"] else set())
