@@ -477,10 +477,11 @@ class WorldState:
             prepared.base_version == self._version,
             "prepared state was built on an older state (a competing proposal was applied)",
         )
-        invariant(
-            self._backend.get(ROOT_KEY) == prepared.root,
-            "apply_prepared called before the prepared ops were written",
+        written = self._backend.get(ROOT_KEY) == prepared.root and (
+            prepared.height is None
+            or self._backend.get(HEIGHT_KEY) == encode(prepared.height)
         )
+        invariant(written, "apply_prepared called before the prepared ops were written")
         for index, digest in prepared.node_updates.items():
             self._nodes[index] = digest
         if prepared.height is not None:

@@ -130,6 +130,15 @@ def test_apply_prepared_refuses_when_ops_were_not_written() -> None:
         state.apply_prepared(prepared)
 
 
+def test_apply_prepared_refuses_unwritten_ops_even_when_the_root_is_unchanged() -> None:
+    state = WorldState.in_memory()
+    state.commit({b"x": b"1"}, height=0)
+    empty_block = state.prepare({}, height=1)
+    assert empty_block.root == state.root
+    with pytest.raises(InvariantViolation):
+        state.apply_prepared(empty_block)
+
+
 def test_prepared_ops_only_touch_state_and_metadata_prefixes() -> None:
     state = WorldState.in_memory()
     prepared = state.prepare({b"x": b"1", b"y": None}, height=0)
