@@ -90,7 +90,7 @@ def make_cluster(tmp_path: Path, count: int) -> Cluster:
     return Cluster(sorted_keys(count), free_ports(count), tmp_path)
 
 
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     """Poll `condition` until it holds; fail the test with a timeout otherwise."""
     async with asyncio.timeout(timeout_s):
         while not condition():

@@ -71,7 +71,7 @@ def test_random_bytes_after_a_valid_frame_prefix_never_escape_as_other_errors(ta
     assert decoded[0] == {"ok": True}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(min_size=1, max_size=200))
 def test_stream_reader_gives_a_frame_error_or_a_map_for_random_bodies(body: bytes) -> None:
     async def read_one() -> object:
@@ -141,7 +141,7 @@ messages_strategy = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(messages_strategy, st.lists(st.integers(1, 64), min_size=1, max_size=20))
 def test_frames_split_at_any_chunk_boundaries_come_out_whole_and_in_order(
     messages: list[dict[str, object] | None], cuts: list[int]
@@ -164,7 +164,7 @@ def test_good_frames_before_a_bad_one_in_the_same_chunk_are_still_delivered() ->
     assert isinstance(stopped_by, FrameError) and stopped_by.code == "frame_oversize"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.binary(max_size=80), max_size=6))
 def test_frame_reader_on_random_chunks_ends_in_a_typed_error_only(chunks: list[bytes]) -> None:
     collected, stopped_by = _read_all_batches(chunks, LIMIT)

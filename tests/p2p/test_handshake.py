@@ -362,7 +362,7 @@ _client_hello = {"type": "p2p-hello", "version": 1, "chain_id": CHAIN_ID, "key":
 _client_proof = {"type": "p2p-hello-client", "sig": b"\x04" * 64}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.one_of(_mutated(_client_hello), _mutated(_client_proof)), max_size=3),
     st.booleans(),

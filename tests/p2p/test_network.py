@@ -191,10 +191,11 @@ def test_a_peer_that_stops_reading_is_cut_off_by_the_write_timeout(tmp_path: Pat
     cluster = make_cluster(tmp_path, 3)
     stalled_key, live_key = cluster.keys[0].public_key, cluster.keys[1].public_key
     live_inbox = Inbox()
+    limits = PeerLimits(write_timeout_s=2.0, reconnect_base_s=0.02, reconnect_max_s=0.2)
 
     async def scenario() -> None:
-        server = cluster.network(2, Inbox())
-        live = cluster.network(1, live_inbox)
+        server = cluster.network(2, Inbox(), limits)
+        live = cluster.network(1, live_inbox, limits)
         await server.start()
         await live.start()
         try:
@@ -207,7 +208,9 @@ def test_a_peer_that_stops_reading_is_cut_off_by_the_write_timeout(tmp_path: Pat
                 assert server.send(stalled_key, chunk)
             for index in range(20):
                 assert server.send(live_key, {"n": index})
-            await wait_until(lambda: len(live_inbox.received) == 20, 1.0)
+            await wait_until(lambda: len(live_inbox.received) == 20)
+            # The live peer was served while the stalled link was still waiting on its write.
+            assert stalled_key in server.connected_peers()
             await wait_until(lambda: stalled_key not in server.connected_peers(), 5.0)
             assert server.stats()["closed_write_timeout"] == 1
             writer.close()
@@ -356,7 +359,7 @@ def test_a_silent_peer_is_dropped_after_the_idle_timeout_while_keepalives_hold_r
     tmp_path: Path,
 ) -> None:
     cluster = make_cluster(tmp_path, 3)
-    limits = PeerLimits(keepalive_interval_s=0.1, idle_timeout_s=0.6, reconnect_base_s=0.02, reconnect_max_s=0.2)
+    limits = PeerLimits(keepalive_interval_s=0.1, idle_timeout_s=1.0, reconnect_base_s=0.02, reconnect_max_s=0.2)
     silent_key, live_key = cluster.keys[0].public_key, cluster.keys[1].public_key
 
     async def scenario() -> None:
@@ -369,7 +372,7 @@ def test_a_silent_peer_is_dropped_after_the_idle_timeout_while_keepalives_hold_r
                 server.listen_port, cluster.keys[0], cluster.keys[2].public_key, tmp_path / "raw"
             )
             await wait_until(lambda: server.connected_peers() == [silent_key, live_key])
-            await asyncio.sleep(1.2)  # two idle timeouts
+            await asyncio.sleep(2.2)  # two idle timeouts
             assert server.connected_peers() == [live_key]
             assert server.stats()["closed_idle"] == 1
             assert server.stats()["connections_opened"] == 2  # the live link never dropped
