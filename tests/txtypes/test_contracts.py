@@ -9,13 +9,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from ledger.crypto import KeyPair
 from ledger.overlay import MemoryKV, Overlay
-from ledger.rules import BlockContext, RuleError, TxContext
+from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from ledger.tx import sign_tx
 from tests.txtypes.conftest import Cast, Chain, city_genesis, city_modules
 from txtypes.balances import balance_of, credit
+from txtypes.base import Payload
+from txtypes.contract_templates import Contract, Opening, builtin_templates
+from txtypes.contract_templates.base import NoArgs, close, pay_out, refund_rest
 from txtypes.contract_templates.hourly_work import owed_for
 from txtypes.contracts import DUE_PREFIX, ContractsFamily, contract_get
 
@@ -42,8 +46,9 @@ def define_class(state: Overlay, class_id: str, *, transferable: bool = True,
 class Harness:
     """Runs contracts transactions the way the executor does: check, apply, in a child."""
 
-    def __init__(self, genesis: Mapping[str, Any] | None = None) -> None:
-        self.family = ContractsFamily()
+    def __init__(self, genesis: Mapping[str, Any] | None = None,
+                 family: ContractsFamily | None = None) -> None:
+        self.family = family or ContractsFamily()
         self.state = Overlay(MemoryKV())
         self.family.init_genesis(self.state, genesis or {})
         define_class(self.state, CLASS)
@@ -531,3 +536,70 @@ def test_hourly_work_through_the_executor_pays_a_part_time_worker() -> None:
     assert balance_of(view, "scoin", cafe.address) == 2000 - 540
     record = contract_get(view, cid)
     assert record is not None and record["outcome"] == "settled"
+
+
+def test_replayed_release_is_refused_by_nonce_and_pays_once() -> None:
+    chain = Chain([*city_modules(), ContractsFamily()], city_genesis())
+    chain.ok(Cast.treasury, "tokens", "define_class", {
+        "class_id": "scoin", "name": "S-Coin", "budget": 1000, "categories": ["food"],
+        "transferable": True, "expiry_height": 1000, "redemption_cents_per_unit": 1})
+    chain.ok(Cast.treasury, "tokens", "issue", {"class_id": "scoin", "to": PAYER.address,
+                                                "amount": 500})
+    cid = chain.ok(PAYER, "contracts", "create", {
+        "template": "escrow", "class_id": "scoin",
+        "terms": escrow_terms(200, deadline=chain.next_height + 10)})["contract_id"]
+    release = chain.sign(ARBITER, "contracts", "act",
+                         {"contract_id": cid, "action": "release", "args": {}})
+    (first,) = chain.block(release)
+    (replay,) = chain.block(release)
+    assert first.ok and not replay.ok and replay.code == "bad_nonce"
+    assert balance_of(chain.state, "scoin", PAYEE.address) == 200
+
+
+# -- pluggable templates --------------------------------------------------------------------
+
+class GiftTerms(Payload):
+    beneficiary: str
+    amount: int
+    deadline_height: int
+
+
+class GiftTemplate:
+    """A test-only template: the beneficiary claims a gift before the deadline."""
+
+    name = "gift"
+    terms_schema: type[BaseModel] = GiftTerms
+    action_schemas: Mapping[str, type[BaseModel]] = {"claim": NoArgs}
+
+    def open(self, ctx: TxContext, state: StateView, terms: BaseModel) -> Opening:
+        assert isinstance(terms, GiftTerms)
+        return Opening(terms.amount, terms.deadline_height, {"beneficiary": terms.beneficiary})
+
+    def check_action(self, ctx: TxContext, state: StateView, contract: Contract,
+                     action: str, args: BaseModel) -> None:
+        if ctx.sender_address != contract.data["beneficiary"]:
+            raise RuleError("not_beneficiary", "only the beneficiary may claim")
+
+    def apply_action(self, ctx: TxContext, state: StateView, contract: Contract,
+                     action: str, args: BaseModel) -> dict[str, Any]:
+        pay_out(state, contract, ctx.sender_address, contract.held)
+        close(contract, "claimed", ctx.block.height)
+        return {}
+
+    def on_deadline(self, state: StateView, contract: Contract, height: int) -> None:
+        refund_rest(state, contract)
+        close(contract, "unclaimed", height)
+
+
+def test_a_third_party_template_plugs_into_the_family() -> None:
+    h = Harness(family=ContractsFamily({**builtin_templates(), "gift": GiftTemplate()}))
+    h.fund(PAYER, 100)
+    terms = {"beneficiary": PAYEE.address, "amount": 60, "deadline_height": START_HEIGHT + 3}
+    cid = h.create(PAYER, "gift", terms)
+    assert h.act_rejected(STRANGER, cid, "claim") == "not_beneficiary"
+    h.act(PAYEE, cid, "claim")
+    assert h.balance(PAYEE) == 60 and h.contract(cid)["outcome"] == "claimed"
+    unclaimed = h.create(PAYER, "gift", {**terms, "amount": 30})
+    assert h.balance(PAYER) == 10
+    h.run_to(START_HEIGHT + 3)
+    assert h.contract(unclaimed)["outcome"] == "unclaimed" and h.balance(PAYER) == 40
