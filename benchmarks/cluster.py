@@ -1,0 +1,442 @@
+"""Throughput, latency and cost of a real multi-process cluster on this machine.
+
+    python -m benchmarks.cluster [--validators 4] [--txs M] [--rate TX_PER_S | --max]
+        [--duration 20] [--warmup 5] [--mix transfer=1] [--payload-bytes 0]
+        [--senders 2000] [--clients 4] [--batch 100] [--out bench-out/cluster]
+
+The network is created and run by the operator's commands (`cityledger genesis init`
+on free loopback ports, then `cityledger testnet up`: fsync on, JSON logs). Setup
+transactions (a transferable token class, issues to `--senders` accounts, a merchant when
+the mix spends) commit first; then M pre-signed transactions go to the nodes' JSON-RPC
+as batched `tx_submit {wait: true}` calls, lane i (senders with index % N == i) to node i,
+over several connections per node:
+  open loop (--rate R)  a batch every 10 ms so that R tx/s are offered, whatever the answers
+  closed loop (--max)   --clients requests per node in flight, each sent when one returns
+Measured in the steady window [start + warmup, end of sending]:
+  tps              committed txs in blocks whose timestamp falls in the window / window
+  latency_ms       submit to committed receipt (the batch answer), p50/p95/p99
+  blocks_per_s, mean_block_txs
+  cpu_us_per_tx    CPU seconds of all node processes (psutil) over the window / committed
+  peak_rss_mb      per node (VmHWM)
+  ceiling_tps      benchmarks.limit on the same genesis and transactions, in this run
+  same_head        every node reports one head hash at one height after the run
+Results go to OUT/result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks.common import (
+    Network,
+    Workload,
+    build_workload,
+    fmt,
+    machine,
+    parse_mix,
+    percentile,
+    print_table,
+    write_json,
+)
+from benchmarks.limit import ceiling_tps, measure
+from rpc.client import RpcClient
+
+BATCH_CALLS_MAX = 100  # rpc.jsonrpc.BATCH_CALLS_MAX
+TICK_S = 0.010
+SAMPLE_S = 0.25
+REQUEST_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Options:
+    validators: int = 4
+    txs: int | None = None
+    rate: float | None = None  # None: closed loop
+    duration_s: float = 20.0
+    warmup_s: float = 5.0
+    mix: str = "transfer=1"
+    payload_bytes: int = 0
+    senders: int = 2000
+    clients: int = 4
+    batch: int = 100
+    limit_txs: int = 2000
+    drain_s: float = 30.0
+    out: str = "bench-out/cluster"
+    keep: bool = False
+
+    def tx_count(self) -> int:
+        if self.txs is not None:
+            return self.txs
+        if self.rate is not None:
+            return int(self.rate * self.duration_s * 1.05) + 100
+        return int(5000 * self.duration_s)  # closed loop: more than the cluster can take
+
+
+@dataclass
+class Batch:
+    node: int
+    size: int
+    sent_s: float
+    done_s: float = 0.0
+    committed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Drive:
+    started_s: float
+    sending_ended_s: float = 0.0
+    batches: list[Batch] = field(default_factory=list)
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (time, node CPU s)
+    backlog_skips: int = 0
+
+
+def _body(raws: list[bytes], first_id: int) -> bytes:
+    calls = ",".join(
+        f'{{"jsonrpc":"2.0","method":"tx_submit","params":{{"tx":"{raw.hex()}","wait":true}},'
+        f'"id":{first_id + index}}}' for index, raw in enumerate(raws))
+    return f"[{calls}]".encode()
+
+
+async def _post_batch(session: aiohttp.ClientSession, url: str, raws: list[bytes],
+                      batch: Batch) -> None:
+    try:
+        async with session.post(url, data=_body(raws, 1),
+                                headers={"Content-Type": "application/json"}) as response:
+            answer = json.loads(await response.read())
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        batch.errors[f"transport:{type(exc).__name__}"] += len(raws)
+        batch.done_s = time.time()
+        return
+    batch.done_s = time.time()
+    if not isinstance(answer, list):
+        batch.errors[f"batch:{str(answer)[:80]}"] += len(raws)
+        return
+    for item in answer:
+        result = item.get("result") if isinstance(item, dict) else None
+        if isinstance(result, dict) and result.get("status") == "committed":
+            batch.committed += 1
+        elif isinstance(result, dict):
+            batch.errors[f"receipt:{result.get('receipt', {}).get('code', '?')}"] += 1
+        else:
+            error = item.get("error", {}) if isinstance(item, dict) else {}
+            data = error.get("data") if isinstance(error, dict) else None
+            code = data.get("code") if isinstance(data, dict) else error.get("code")
+            batch.errors[f"rpc:{code}"] += 1
+
+
+async def _sample_cpu(network: Network, drive: Drive, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        drive.cpu_samples.append((time.time(), sum(network.node_cpu_s())))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SAMPLE_S)
+    drive.cpu_samples.append((time.time(), sum(network.node_cpu_s())))
+
+
+async def _submit_setup(urls: list[str], workload: Workload) -> None:
+    async with RpcClient(urls[0], timeout_s=REQUEST_TIMEOUT_S) as client:
+        for phase in workload.setup:
+            for start in range(0, len(phase), BATCH_CALLS_MAX):
+                chunk = phase[start:start + BATCH_CALLS_MAX]
+                results = await client.batch(
+                    [("tx_submit", {"tx": raw.hex(), "wait": True}) for raw in chunk])
+                bad = [r for r in results
+                       if not isinstance(r, dict) or r.get("status") != "committed"]
+                if bad:
+                    raise RuntimeError(f"setup transaction failed: {bad[0]}")
+
+
+async def _drive(network: Network, workload: Workload, opts: Options) -> Drive:
+    urls = network.rpc_urls
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    sessions = [aiohttp.ClientSession(timeout=timeout,
+                                      connector=aiohttp.TCPConnector(limit=opts.clients * 4))
+                for _ in urls]
+    stop_sampling = asyncio.Event()
+    drive = Drive(started_s=time.time())
+    sampler = asyncio.create_task(_sample_cpu(network, drive, stop_sampling))
+    cursors = [0] * len(workload.lanes)
+    end_s = drive.started_s + opts.duration_s
+    batch_size = max(1, min(opts.batch, BATCH_CALLS_MAX))
+
+    def take(lane: int, size: int) -> list[bytes]:
+        raws = workload.lanes[lane][cursors[lane]:cursors[lane] + size]
+        cursors[lane] += len(raws)
+        return raws
+
+    async def send(lane: int, raws: list[bytes]) -> None:
+        batch = Batch(lane, len(raws), time.time())
+        drive.batches.append(batch)
+        await _post_batch(sessions[lane], urls[lane], raws, batch)
+
+    try:
+        if opts.rate is None:
+            async def client(lane: int) -> None:
+                while time.time() < end_s:
+                    raws = take(lane, batch_size)
+                    if not raws:
+                        return
+                    await send(lane, raws)
+
+            await asyncio.gather(*(client(lane) for lane in range(len(urls))
+                                   for _ in range(opts.clients)))
+            drive.sending_ended_s = min(time.time(), end_s)
+        else:
+            in_flight: set[asyncio.Task[None]] = set()
+            offered = 0
+            lane = 0
+            in_flight_txs_max = max(2000, int(opts.rate * 10))
+            while time.time() < end_s and any(
+                    cursor < len(raws) for cursor, raws in zip(cursors, workload.lanes,
+                                                               strict=True)):
+                due = int(opts.rate * (time.time() - drive.started_s)) - offered
+                while due > 0:
+                    size = min(due, batch_size)
+                    raws = take(lane, size)
+                    lane = (lane + 1) % len(urls)
+                    if not raws:
+                        due -= size
+                        continue
+                    if sum(b.size for b in drive.batches if not b.done_s) > in_flight_txs_max:
+                        drive.backlog_skips += len(raws)  # the cluster fell far behind
+                    else:
+                        task = asyncio.create_task(send(lane, raws))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                    offered += size
+                    due -= size
+                await asyncio.sleep(TICK_S)
+            drive.sending_ended_s = time.time()
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=opts.drain_s)
+    finally:
+        stop_sampling.set()
+        await sampler
+        for session in sessions:
+            await session.close()
+    return drive
+
+
+async def _heads(urls: list[str], settle_s: float = 20.0) -> tuple[bool, list[dict[str, Any]]]:
+    """Wait until every node reports the same height, then compare head hashes."""
+    deadline = time.monotonic() + settle_s
+    heads: list[dict[str, Any]] = []
+    while True:
+        heads = []
+        for url in urls:
+            async with RpcClient(url, timeout_s=10) as client:
+                status = await client.call("node_status")
+            heads.append({"height": status["height"], "hash": status["last_block_hash"]})
+        if len({h["height"] for h in heads}) == 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    same = len({(h["height"], h["hash"]) for h in heads}) == 1
+    return same, heads
+
+
+async def _blocks(url: str, height: int) -> list[tuple[int, int]]:
+    """(timestamp_ms, tx count) of blocks 1..height."""
+    found: list[tuple[int, int]] = []
+    async with RpcClient(url, timeout_s=REQUEST_TIMEOUT_S) as client:
+        for start in range(1, height + 1, BATCH_CALLS_MAX):
+            stop = min(height, start + BATCH_CALLS_MAX - 1)
+            answers = await client.batch([("block_get", {"height": h})
+                                          for h in range(start, stop + 1)])
+            for answer in answers:
+                if isinstance(answer, dict):
+                    found.append((int(answer["header"]["timestamp_ms"]),
+                                  len(answer["tx_hashes"])))
+    return found
+
+
+def _cpu_at(samples: list[tuple[float, float]], at_s: float) -> float:
+    """Node CPU seconds at `at_s`, linearly interpolated between samples."""
+    before = max((s for s in samples if s[0] <= at_s), default=samples[0])
+    after = min((s for s in samples if s[0] >= at_s), default=samples[-1])
+    if after[0] == before[0]:
+        return before[1]
+    fraction = (at_s - before[0]) / (after[0] - before[0])
+    return before[1] + fraction * (after[1] - before[1])
+
+
+def summarize(drive: Drive, blocks: list[tuple[int, int]], setup_height: int,
+              opts: Options) -> dict[str, Any]:
+    window_start = drive.started_s + opts.warmup_s
+    last_done = max((b.done_s for b in drive.batches if b.committed), default=window_start)
+    window_end = min(drive.sending_ended_s, last_done)
+    window_s = max(window_end - window_start, 1e-9)
+    in_window = [(ts, count) for ts, count in blocks[setup_height:]
+                 if window_start * 1000 <= ts < window_end * 1000]
+    committed_in_window = sum(count for _, count in in_window)
+    latencies = [(b.done_s - b.sent_s) * 1000 for b in drive.batches
+                 if window_start <= b.sent_s <= window_end for _ in range(b.committed)]
+    cpu_s = _cpu_at(drive.cpu_samples, window_end) - _cpu_at(drive.cpu_samples, window_start)
+    errors: Counter[str] = Counter()
+    for batch in drive.batches:
+        errors.update(batch.errors)
+    submitted = sum(b.size for b in drive.batches)
+    committed = sum(b.committed for b in drive.batches)
+    tps = committed_in_window / window_s
+    cpu_us = cpu_s / committed_in_window * 1e6 if committed_in_window else None
+    return {
+        "window_s": round(window_s, 3),
+        "tps": tps,
+        "offered_tps": (opts.rate if opts.rate is not None else None),
+        "latency_ms": {"p50": percentile(latencies, 0.50), "p95": percentile(latencies, 0.95),
+                       "p99": percentile(latencies, 0.99), "samples": len(latencies)},
+        "blocks_per_s": len(in_window) / window_s,
+        "mean_block_txs": committed_in_window / len(in_window) if in_window else 0.0,
+        "cpu_us_per_tx": cpu_us,
+        "cpu_us_per_tx_per_node": cpu_us / opts.validators if cpu_us is not None else None,
+        "node_cpu_utilisation": cpu_s / window_s,
+        "submitted": submitted,
+        "committed": committed,
+        "backlog_skipped": drive.backlog_skips,
+        "errors": dict(errors),
+    }
+
+
+def run(opts: Options) -> dict[str, Any]:
+    info = machine()
+    out_dir = Path(opts.out)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    network = Network(tmp / "net", opts.validators)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 2)
+        clock = now
+
+    try:
+        network.init()
+        phase("genesis_init_s")
+        prepared_s = time.perf_counter()
+        workload = build_workload(network.chain_id, network.account("treasury"),
+                                  network.account("civil-registry"), opts.tx_count(),
+                                  min(opts.senders, opts.tx_count()), opts.validators,
+                                  parse_mix(opts.mix), opts.payload_bytes)
+        sign_s = time.perf_counter() - prepared_s
+        phase("sign_s")
+        limit = measure(network.out_dir, workload, min(opts.limit_txs, workload.count),
+                        block_txs=1000)
+        ceiling = ceiling_tps(limit["total_cpu_us_per_tx"], opts.validators, info["cores"])
+        phase("limit_s")
+        network.start()
+        phase("start_s")
+        asyncio.run(_submit_setup(network.rpc_urls, workload))
+        _, setup_heads = asyncio.run(_heads(network.rpc_urls))
+        setup_height = int(setup_heads[0]["height"])
+        phase("setup_s")
+        drive = asyncio.run(_drive(network, workload, opts))
+        phase("drive_s")
+        same_head, heads = asyncio.run(_heads(network.rpc_urls))
+        peak_rss = network.node_peak_rss_mb()
+        blocks = asyncio.run(_blocks(network.rpc_urls[0], int(heads[0]["height"])))
+        phase("collect_s")
+    finally:
+        network.stop()
+        if opts.keep:
+            print(f"network kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    phase("stop_s")
+    summary = summarize(drive, blocks, setup_height, opts)
+    result = {
+        "benchmark": "cluster",
+        "machine": info,
+        "options": asdict(opts),
+        "workload": {"txs": workload.count, "ops": workload.op_counts,
+                     "tx_bytes_mean": round(workload.tx_bytes_mean, 1),
+                     "senders": min(opts.senders, opts.tx_count()), "sign_s": round(sign_s, 1)},
+        **summary,
+        "peak_rss_mb": max(peak_rss),
+        "peak_rss_mb_per_node": peak_rss,
+        "limit": limit,
+        "ceiling_tps": ceiling,
+        "ceiling_fraction": summary["tps"] / ceiling if ceiling else None,
+        "same_head": same_head,
+        "heads": heads,
+        "height": int(heads[0]["height"]),
+        "phases_s": phases,
+    }
+    report(result)
+    path = write_json(out_dir, "result.json", result)
+    print(f"wrote {path}")
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    opts = result["options"]
+    mode = f"open loop {opts['rate']:,.0f} tx/s" if opts["rate"] else "closed loop (max)"
+    latency = result["latency_ms"]
+    rows = [
+        ("committed tx/s (steady)", fmt(result["tps"])),
+        ("latency p50 / p95 / p99 ms", " / ".join(fmt(latency[k], 1) for k in
+                                                   ("p50", "p95", "p99"))),
+        ("blocks/s, mean block txs", f"{fmt(result['blocks_per_s'], 1)}, "
+                                     f"{fmt(result['mean_block_txs'], 1)}"),
+        ("CPU us/tx (all nodes)", fmt(result["cpu_us_per_tx"])),
+        ("CPU us/tx per validator", fmt(result["cpu_us_per_tx_per_node"])),
+        ("peak RSS MB (max node)", fmt(result["peak_rss_mb"], 1)),
+        ("ceiling tx/s (limit, this run)", fmt(result["ceiling_tps"])),
+        ("fraction of ceiling", fmt(result["ceiling_fraction"], 2)),
+        ("same head on every node", fmt(result["same_head"])),
+        ("submitted / committed", f"{result['submitted']:,} / {result['committed']:,}"),
+        ("errors", json.dumps(result["errors"]) if result["errors"] else "none"),
+    ]
+    print_table(f"cluster: {opts['validators']} validators, {mode}, {opts['duration_s']:.0f} s "
+                f"(warm-up {opts['warmup_s']:.0f} s), mix {opts['mix']}", rows)
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--validators", "-n", type=int, default=4)
+    parser.add_argument("--txs", "-m", type=int, default=None,
+                        help="pre-signed transactions (default: enough for the run)")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, default=None, help="open loop: offered tx/s")
+    load.add_argument("--max", action="store_true", help="closed loop (the default)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of sending")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds not measured")
+    parser.add_argument("--mix", default="transfer=1",
+                        help="op weights over transfer, spend, register (identity)")
+    parser.add_argument("--payload-bytes", type=int, default=0,
+                        help="memo bytes of each spend (0..140; transfers have a fixed schema)")
+    parser.add_argument("--senders", type=int, default=2000, help="funded sender accounts")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="closed loop: batches in flight per node")
+    parser.add_argument("--batch", type=int, default=100, help="tx_submit calls per batch")
+    parser.add_argument("--limit-txs", type=int, default=2000,
+                        help="transactions for the in-run ceiling measurement")
+    parser.add_argument("--out", default="bench-out/cluster")
+    parser.add_argument("--keep", action="store_true", help="keep the network directory")
+    args = parser.parse_args(argv)
+    if args.duration <= args.warmup:
+        parser.error("--duration must be longer than --warmup")
+    return Options(validators=args.validators, txs=args.txs, rate=args.rate,
+                   duration_s=args.duration, warmup_s=args.warmup, mix=args.mix,
+                   payload_bytes=args.payload_bytes, senders=args.senders, clients=args.clients,
+                   batch=args.batch, limit_txs=args.limit_txs, out=args.out, keep=args.keep)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

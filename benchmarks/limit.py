@@ -1,0 +1,198 @@
+"""What one validator must spend per transaction, and the cluster ceiling that follows.
+
+    python -m benchmarks.limit [--txs 4000] [--block-txs 1000] [--validators 4] [--out DIR]
+
+In one process, for the cluster benchmark's own transactions (same genesis, same rule
+modules, same op mix), every transaction goes through what a node does to it once:
+    decode+verify   ledger.tx.decode_and_verify (canonical decode, Ed25519 verify)
+    admission       Executor.check_admission (nonce, schema) as the mempool runs it
+    execute         Chain.build: the rule modules over an overlay, then the new state root
+    store           Chain.commit: block, certificate, receipts and state in one synced
+                    LevelDB batch
+Consensus messages are per block, not per transaction, so they are left out: the result
+is an upper bound. Every validator does this work for every transaction, so with
+`cores` cores shared by N validators the cluster cannot commit more than
+    ceiling_tps = cores / (N x per-tx CPU seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from benchmarks.common import (
+    Network,
+    Workload,
+    build_workload,
+    fmt,
+    machine,
+    parse_mix,
+    print_table,
+    write_json,
+)
+from ledger.block import CommitCertificate, commit_vote_bytes
+from ledger.chain import Chain
+from ledger.crypto import KeyPair
+from ledger.executor import Executor
+from ledger.genesis import build_genesis_state, load_genesis
+from ledger.rules import RuleModule
+from ledger.state import WorldState
+from ledger.store import BlockStore
+from ledger.tx import Tx, TxError, decode_and_verify
+from txtypes.base import load_modules
+
+STAGES = ("decode_verify", "admission", "execute", "store")
+T = TypeVar("T")
+
+
+class LimitChain:
+    """A node's ledger side (store, state, executor, Chain) on a temporary LevelDB."""
+
+    def __init__(self, genesis_path: Path, validator_keys: Sequence[KeyPair], db_path: Path
+                 ) -> None:
+        self.genesis = load_genesis(genesis_path)
+        # cast: TxFamily declares `family` as a ClassVar, RuleModule as an attribute (as in
+        # node.py); the objects are the same rule modules the node loads.
+        modules = cast(list[RuleModule], load_modules(self.genesis.module_names))
+        self.store = BlockStore.open(db_path)
+        self.state = WorldState(self.store.db)
+        writes, root = build_genesis_state(self.genesis, modules)
+        prepared = self.state.prepare(writes, height=0)
+        self.store.init_genesis(self.genesis.hash, root, prepared.ops)
+        self.state.apply_prepared(prepared)
+        self.executor = Executor(self.genesis.chain_id, modules)
+        self.validators = [v.public_key_bytes for v in self.genesis.validators]
+        self.keys = {key.public_key: key for key in validator_keys}
+        self.chain = Chain(self.genesis, self.store, self.state, self.executor,
+                           lambda view: self.validators[view % len(self.validators)])
+        self.clock_ms = 1_000_000
+
+    def certificate(self, seq: int, block_hash: bytes) -> CommitCertificate:
+        quorum = len(self.validators) - (len(self.validators) - 1) // 3
+        vote = commit_vote_bytes(self.genesis.chain_id, 0, seq, block_hash)
+        signers = sorted(self.validators)[:quorum]
+        return CommitCertificate(seq, 0, block_hash,
+                                 tuple((key, self.keys[key].sign(vote)) for key in signers))
+
+    def run_block(self, raws: Sequence[bytes]) -> dict[str, float]:
+        """Push one block of wire transactions through every stage; CPU seconds per stage."""
+        seconds: dict[str, float] = {}
+        checked: list[Tx] = []
+
+        def decode_all() -> None:
+            for raw in raws:
+                tx = decode_and_verify(raw, self.genesis.chain_id)
+                if isinstance(tx, TxError):
+                    raise SystemExit(f"benchmark transaction refused: {tx}")
+                checked.append(tx)
+
+        seconds["decode_verify"], _ = _cpu_timed(decode_all)
+        reader = self.state.reader()
+
+        def admit_all() -> None:
+            for tx in checked:
+                problem = self.executor.check_admission(tx, reader, nonce_ahead_max=10**6)
+                if problem is not None:
+                    raise SystemExit(f"benchmark transaction not admitted: {problem}")
+
+        seconds["admission"], _ = _cpu_timed(admit_all)
+        self.clock_ms += 1000
+        seconds["execute"], speculation = _cpu_timed(
+            lambda: self.chain.build(0, self.validators[0], checked, self.clock_ms))
+        rejected = [r for r in speculation.result.receipts if not r.ok]
+        if rejected:
+            raise SystemExit(f"benchmark tx rejected: {rejected[0].code} {rejected[0].reason}")
+        cert = self.certificate(speculation.block.header.height, speculation.block.hash)
+        seconds["store"], _ = _cpu_timed(lambda: self.chain.commit(speculation, cert))
+        return seconds
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _cpu_timed(action: Callable[[], T]) -> tuple[float, T]:
+    started = time.process_time()
+    result = action()
+    return time.process_time() - started, result
+
+
+def sample_of(workload: Workload, count: int) -> list[bytes]:
+    """A prefix of every lane: each sender's nonces stay gap-free and in order."""
+    lanes = workload.lanes
+    share = -(-count // len(lanes))
+    return [raw for lane in lanes for raw in lane[:share]][:count]
+
+
+def measure(network_dir: Path, workload: Workload, txs: int, block_txs: int
+            ) -> dict[str, Any]:
+    """Per-tx CPU microseconds per stage for `txs` of the workload (after its setup)."""
+    keys = [KeyPair.load(home / "node_key.json")
+            for home in sorted(network_dir.glob("node*")) if (home / "node_key.json").exists()]
+    sample = sample_of(workload, txs)
+    totals = dict.fromkeys(STAGES, 0.0)
+    wall_started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="limit-") as tmp:
+        chain = LimitChain(network_dir / "genesis.json", keys, Path(tmp) / "ledger.db")
+        try:
+            for phase in workload.setup:
+                for start in range(0, len(phase), block_txs):
+                    chain.run_block(phase[start:start + block_txs])
+            wall_started = time.perf_counter()
+            for start in range(0, len(sample), block_txs):
+                for stage, seconds in chain.run_block(sample[start:start + block_txs]).items():
+                    totals[stage] += seconds
+            wall_s = time.perf_counter() - wall_started
+        finally:
+            chain.close()
+    per_tx_us = {stage: totals[stage] / len(sample) * 1e6 for stage in STAGES}
+    total_us = sum(per_tx_us.values())
+    return {"txs": len(sample), "block_txs": block_txs, "per_tx_cpu_us": per_tx_us,
+            "total_cpu_us_per_tx": total_us, "wall_us_per_tx": wall_s / len(sample) * 1e6,
+            "single_core_tps": 1e6 / total_us}
+
+
+def ceiling_tps(total_cpu_us_per_tx: float, validators: int, cores: int) -> float:
+    """cores / (N x per-tx cost): every validator does the per-tx work for every tx."""
+    return cores / (validators * total_cpu_us_per_tx / 1e6)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--txs", type=int, default=4000, help="measured transactions")
+    parser.add_argument("--block-txs", type=int, default=1000, help="transactions per block")
+    parser.add_argument("--validators", type=int, default=4, help="N for the ceiling")
+    parser.add_argument("--senders", type=int, default=1000)
+    parser.add_argument("--mix", default="transfer=1", help="op weights, e.g. transfer=8,spend=2")
+    parser.add_argument("--payload-bytes", type=int, default=0, help="spend memo length")
+    parser.add_argument("--out", default="bench-out")
+    args = parser.parse_args(argv)
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="limit-net-") as tmp:
+        network = Network(Path(tmp) / "net", args.validators)
+        network.init()
+        workload = build_workload(network.chain_id, network.account("treasury"),
+                                  network.account("civil-registry"), args.txs,
+                                  min(args.senders, args.txs), 1, parse_mix(args.mix),
+                                  args.payload_bytes)
+        result = measure(network.out_dir, workload, args.txs, args.block_txs)
+    ceiling = ceiling_tps(result["total_cpu_us_per_tx"], args.validators, info["cores"])
+    report = {"benchmark": "limit", "machine": info, "validators": args.validators,
+              "mix": args.mix, **result, "ceiling_tps": ceiling}
+    rows = [(f"{stage} (CPU us/tx)", fmt(result["per_tx_cpu_us"][stage], 1)) for stage in STAGES]
+    rows += [("total (CPU us/tx)", fmt(result["total_cpu_us_per_tx"], 1)),
+             ("wall us/tx", fmt(result["wall_us_per_tx"], 1)),
+             ("one core, tx/s", fmt(result["single_core_tps"])),
+             (f"ceiling, {info['cores']} cores / {args.validators} validators, tx/s",
+              fmt(ceiling))]
+    print_table(f"limit: {result['txs']} txs ({args.mix}), blocks of {args.block_txs}", rows)
+    path = write_json(Path(args.out), "limit.json", report)
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""A few seconds of the real cluster benchmark, so the harness cannot rot.
+
+Four validator processes started by `cityledger testnet up`, a small open-loop load, and
+the result file the full runs write; the full runs themselves are `make bench`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cluster
+
+pytestmark = pytest.mark.integration
+
+RESULT_FIELDS = ("tps", "latency_ms", "cpu_us_per_tx", "peak_rss_mb", "ceiling_tps",
+                 "ceiling_fraction", "same_head", "blocks_per_s", "mean_block_txs")
+
+
+def test_cluster_benchmark_commits_every_tx_and_writes_its_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cluster.main(["--validators", "4", "--txs", "240", "--rate", "120",
+                           "--duration", "2", "--warmup", "0.3", "--senders", "24",
+                           "--limit-txs", "100", "--out", str(out)])
+
+    written = json.loads((out / "result.json").read_text())
+    for name in RESULT_FIELDS:
+        assert name in written, name
+    assert set(written["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert result["errors"] == {}
+    assert result["submitted"] > 0
+    assert result["committed"] == result["submitted"]
+    assert result["same_head"] is True
+    assert result["height"] > 2  # setup blocks plus measured ones
+    assert result["tps"] > 0
+    assert result["latency_ms"]["p50"] is not None
+    assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert result["cpu_us_per_tx"] > 0
+    assert result["ceiling_tps"] > 0
+    assert result["ceiling_fraction"] > 0
+    assert len(result["peak_rss_mb_per_node"]) == 4
