@@ -74,13 +74,13 @@ def build_certificate_pem(key: KeyPair) -> tuple[bytes, bytes]:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    # Create with 0600 from the start so the key is never readable by others, even briefly.
+    # 0600 before the first byte lands, also when an older file with a wider mode exists.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.chmod(path, 0o600)
 
 
 def write_node_tls(key: KeyPair, out_dir: Path) -> tuple[Path, Path]:

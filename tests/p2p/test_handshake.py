@@ -386,3 +386,18 @@ def test_arbitrary_hello_frames_end_in_a_handshake_error_and_never_authenticate(
 
     outcome = asyncio.run(run())
     assert isinstance(outcome, HandshakeError)
+
+
+def test_hello_signing_bytes_match_the_documented_vector() -> None:
+    # Pinned so a client in another language can interoperate: fixarray(4) of protocol tag,
+    # domain "p2p-hello", chain id, then [role, own key, peer key, client nonce, server
+    # nonce, server certificate fingerprint] as msgpack str/bin.
+    payload = hello_payload(
+        "cityledger-test", "client", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, b"\x05" * 32
+    )
+    expected = (
+        "94ad636974796c65646765722f7631a97032702d68656c6c6faf636974796c65646765722d7465737496"
+        "a6636c69656e74"
+        + "".join("c420" + f"{byte:02x}" * 32 for byte in range(1, 6))
+    )
+    assert payload.hex() == expected

@@ -44,3 +44,11 @@ def test_a_certificate_that_is_not_ed25519_is_refused() -> None:
 def test_missing_tls_files_give_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(TlsError):
         server_context(tmp_path / "nope.pem", tmp_path / "nope.key")
+
+
+def test_rewriting_over_a_world_readable_key_file_makes_it_private(tmp_path: Path) -> None:
+    key_path = tmp_path / "node_tls_key.pem"
+    key_path.write_text("old")
+    key_path.chmod(0o644)
+    write_node_tls(KeyPair.generate(), tmp_path)
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
