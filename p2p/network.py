@@ -175,6 +175,7 @@ class PeerNetwork:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._handshakes_pending = 0
+        self._links_changed = asyncio.Event()
         self._closing = False
         self.counters: Counter[str] = Counter()
 
@@ -243,6 +244,17 @@ class PeerNetwork:
 
     def connected_peers(self) -> list[bytes]:
         return sorted(self._connections)
+
+    async def wait_for_peers(self, count: int, timeout_s: float) -> bool:
+        """True once at least `count` peers are connected; False if `timeout_s` passes first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(self._connections) < count:
+                    self._links_changed.clear()
+                    await self._links_changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def peers(self) -> list[bytes]:
         """Every other validator this node talks to, connected or not."""
@@ -445,6 +457,7 @@ class PeerNetwork:
             return
         connection = _Connection(peer, reader, writer, outbound)
         self._connections[peer] = connection
+        self._links_changed.set()
         self.counters["connections_opened"] += 1
         logger.info("p2p connected to %s (%s)", _short(peer), "dialed" if outbound else "accepted")
         read_task = asyncio.get_running_loop().create_task(self._read_loop(connection))
@@ -459,6 +472,7 @@ class PeerNetwork:
             writer.transport.abort()
             if self._connections.get(peer) is connection:
                 del self._connections[peer]
+                self._links_changed.set()
             connection.done.set()
             self.counters["connections_closed"] += 1
             reasons = [item for item in finished if isinstance(item, str)]

@@ -35,7 +35,8 @@ def test_four_validators_exchange_messages_both_ways(tmp_path: Path) -> None:
         for network in networks:
             await network.start()
         try:
-            await wait_until(lambda: all(len(n.connected_peers()) == 3 for n in networks))
+            for network in networks:
+                assert await network.wait_for_peers(3, 10.0)
             for sender in range(4):
                 for receiver in range(4):
                     if sender != receiver:
@@ -169,7 +170,9 @@ def test_a_dead_peer_fills_its_queue_and_drops_without_delaying_live_peers(tmp_p
         await node.start()
         await live.start()
         try:
-            await wait_until(lambda: node.connected_peers() == [live_key])
+            assert await node.wait_for_peers(1, 10.0)
+            assert not await node.wait_for_peers(2, 0.3)  # the dead peer never comes
+            assert node.connected_peers() == [live_key]
             started = time.monotonic()
             accepted = [node.send(dead_key, {"n": index}) for index in range(200)]
             assert node.broadcast({"all": True}) == 1  # the dead peer's queue is full
