@@ -37,7 +37,7 @@ PARAMS_KEY = b"contracts/params"
 CONTRACT_PREFIX = b"contracts/c/"
 DUE_PREFIX = b"contracts/due/"
 CONTRACT_ID_CHARS = 32
-DUE_SCAN_BATCH = 128
+DUE_SCAN_BATCH_MAX = 128
 
 NameStr = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 ContractIdStr = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
@@ -237,8 +237,9 @@ class ContractsFamily(TxFamily):
     # -- deadlines ------------------------------------------------------------------
     def end_block(self, block: BlockContext, state: StateView) -> None:
         """Settle every open contract whose deadline height is this block's (or earlier)."""
+        batch = 1  # most blocks have nothing due: look at one entry, then widen
         while True:
-            entries = state.scan(DUE_PREFIX, DUE_SCAN_BATCH)
+            entries = state.scan(DUE_PREFIX, batch)
             due = [key for key, _ in entries if _due_height(key) <= block.height]
             for key in due:
                 contract_id = key[len(DUE_PREFIX) + 21:].decode()
@@ -248,8 +249,9 @@ class ContractsFamily(TxFamily):
                     continue
                 self.templates[contract.template].on_deadline(state, contract, block.height)
                 self._save(state, contract)
-            if len(due) < DUE_SCAN_BATCH:
+            if len(due) < batch:
                 return
+            batch = min(batch * 2, DUE_SCAN_BATCH_MAX)
 
 
 def _due_height(key: bytes) -> int:

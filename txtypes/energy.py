@@ -68,7 +68,7 @@ INTERVAL_BLOCKS_DEFAULT = 10
 ORDERS_PER_MARKET_MAX_DEFAULT = 256
 ENERGY_WH_MAX = 10**12  # a terawatt-hour: far above any household meter
 PRICE_PER_KWH_MAX = 10**9
-OPEN_SCAN_BATCH = 64
+OPEN_SCAN_BATCH_MAX = 64
 SETTING_MAX = 1_000_000
 
 ADDRESS_PATTERN = r"^[0-9a-f]{40}$"
@@ -477,16 +477,18 @@ class EnergyFamily(TxFamily):
     def end_block(self, block: BlockContext, state: StateView) -> None:
         """Clear every open market whose interval ends with this block (or ended before)."""
         first_open_interval = interval_of(state, block.height + 1)
+        batch = 1  # most blocks clear nothing: look at one entry, then widen
         while True:
-            entries = state.scan(OPEN_PREFIX, OPEN_SCAN_BATCH)
+            entries = state.scan(OPEN_PREFIX, batch)
             due = [key for key, _ in entries
                    if int(key[len(OPEN_PREFIX):len(OPEN_PREFIX) + 20]) < first_open_interval]
             for key in due:
                 interval_text, zone, class_id = key[len(OPEN_PREFIX):].decode().split("/")
                 state.delete(key)
                 clear_market(state, zone, int(interval_text), class_id, block.height)
-            if len(due) < OPEN_SCAN_BATCH:
+            if len(due) < batch:
                 break
+            batch = min(batch * 2, OPEN_SCAN_BATCH_MAX)
         if first_open_interval != interval_of(state, block.height):
             _adopt_interval_change(state, block.height + 1, first_open_interval)
 

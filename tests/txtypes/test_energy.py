@@ -490,3 +490,18 @@ def test_trading_day_roots_do_not_depend_on_the_hash_seed() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True,
                          capture_output=True, text=True, timeout=120).stdout.strip()
     assert out == expected
+
+
+def test_many_markets_ending_in_one_block_all_clear() -> None:
+    h = EnergyHarness(start_height=5)  # interval 1 of 5 blocks: heights 5..9
+    meters = [key(100 + i) for i in range(70)]
+    for i, meter in enumerate(meters):
+        h.register(meter, ALICE, zone=f"z{i}")
+        h.reading(meter, 0, 100, 0)
+        h.order("offer", ALICE, meter, 100, 10)
+    h.run_to(9)
+    for i, meter in enumerate(meters):
+        (market,) = energy_market(h.state, f"z{i}", 1)["markets"]
+        assert market["status"] == "cleared" and market["clearing_price_per_kwh"] is None
+        assert h.meter(meter)["unsold_surplus_wh"] == 100
+    assert h.state.scan(b"energy/open/", 10) == []
