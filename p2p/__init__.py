@@ -19,9 +19,10 @@ keepalive. Bad frames close only the link that sent them, with a logged reason a
 counter. Logger name: "cityledger.p2p".
 """
 
+from p2p.config import PeerConfigError, PeerLimits, backoff_delay_s, parse_address
 from p2p.framing import FrameError, decode_frames, encode_frame
 from p2p.handshake import HandshakeError
-from p2p.network import PeerConfigError, PeerLimits, PeerNetwork, backoff_delay_s
+from p2p.network import PeerNetwork
 from p2p.tls import TlsError, client_context, server_context, write_node_tls
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "client_context",
     "decode_frames",
     "encode_frame",
+    "parse_address",
     "server_context",
     "write_node_tls",
 ]
