@@ -41,6 +41,8 @@ the replica knows how far execution got. Nothing else needs to survive a crash.
 
 from __future__ import annotations
 
+import itertools
+
 from consensus.certificates import (
     check_checkpoint_proof,
     check_commit_proof,
@@ -157,6 +159,9 @@ class Replica:
         self.pending: dict[bytes, int] = {}  # request digest -> arrival number
         self.arrivals = 0
         self.in_flight: dict[bytes, int] = {}  # request digest -> seq proposing it
+        # Pending requests not in flight, in arrival order: kept alongside `pending` and
+        # `in_flight` so proposing and timer upkeep never scan every pending request.
+        self.queued: dict[bytes, None] = {}
         self.next_seq = 1
         self.building: tuple[int, int] | None = None
         self.batch_due = False
@@ -256,6 +261,7 @@ class Replica:
             self._on_request(event.digest)
         elif isinstance(event, RequestWithdrawn):
             self.pending.pop(event.digest, None)
+            self.queued.pop(event.digest, None)
         elif isinstance(event, TimerFired):
             self._on_timer(event)
         elif isinstance(event, ProposalBuilt):
@@ -338,6 +344,8 @@ class Replica:
             return
         self.arrivals += 1
         self.pending[digest] = self.arrivals
+        if digest not in self.in_flight:
+            self.queued[digest] = None
 
     def _maybe_propose(self) -> None:
         if self.in_view_change or not self._is_primary() or self.building is not None:
@@ -345,22 +353,27 @@ class Replica:
         seq = self.next_seq
         if seq > self.last_executed + self.config.pipeline_window or seq > self._high_seq():
             return
-        unproposed = [d for d in self.pending if d not in self.in_flight]
-        if not unproposed:
+        if not self.queued:
             return
-        if len(unproposed) < self.config.batch_requests_max and not self.batch_due:
+        if len(self.queued) < self.config.batch_requests_max and not self.batch_due:
             return
-        batch = tuple(unproposed[: self.config.batch_requests_max])
+        batch = tuple(itertools.islice(self.queued, self.config.batch_requests_max))
         self.batch_due = False
         self._disarm(BATCH_TIMER)
         for digest in batch:
-            self.in_flight[digest] = seq
+            self._mark_in_flight(digest, seq)
         self.building = (self.view, seq)
         self._out.append(BuildProposal(self.view, seq, batch))
+
+    def _mark_in_flight(self, digest: bytes, seq: int) -> None:
+        self.in_flight[digest] = seq
+        self.queued.pop(digest, None)
 
     def _release(self, seq: int, keep: set[bytes]) -> None:
         for digest in [d for d, s in self.in_flight.items() if s == seq and d not in keep]:
             del self.in_flight[digest]
+            if digest in self.pending:
+                self.queued[digest] = None
 
     def _on_built(self, event: ProposalBuilt) -> None:
         if self.building != (event.view, event.seq):
@@ -376,7 +389,7 @@ class Replica:
         assert digest is not None and requests is not None  # for mypy; checked by usable
         self._release(event.seq, set(requests))
         for request in requests:
-            self.in_flight[request] = event.seq
+            self._mark_in_flight(request, event.seq)
         unsigned = PrePrepare(self.view, event.seq, digest, event.payload, self.me, bytes(64))
         try:
             signature = self._sign("pre-prepare", self.view, event.seq,
@@ -460,7 +473,7 @@ class Replica:
             requests = self.config.requests_in(pp.payload)
             ok = None
         for request in requests or []:
-            self.in_flight[request] = slot.seq
+            self._mark_in_flight(request, slot.seq)
         if slot.seq <= self.last_issued:
             # Already executed here: only the digest executed may be prepared again.
             ok = slot.committed is not None and slot.committed.digest == pp.digest
@@ -578,6 +591,7 @@ class Replica:
             for request in requests or []:
                 self.pending.pop(request, None)
                 self.in_flight.pop(request, None)
+                self.queued.pop(request, None)
             self._out.append(Execute(slot.seq, proof.view, proof.digest, slot.payload, proof))
 
     def _on_executed(self, event: Executed) -> None:
@@ -778,7 +792,7 @@ class Replica:
         else:
             self._disarm(PROGRESS_TIMER)
         wants_batch = (self._is_primary() and not self.in_view_change and not self.batch_due
-                       and any(d not in self.in_flight for d in self.pending))
+                       and bool(self.queued))
         if wants_batch and BATCH_TIMER not in self.timers:
             self._arm(BATCH_TIMER, self.config.batch_interval_ticks)
         if self.pending and REQUEST_TIMER not in self.timers:
@@ -803,6 +817,7 @@ class Replica:
         self.building = None
         self.batch_due = False
         self.in_flight = {}
+        self.queued = dict.fromkeys(self.pending)
         self.own_new_view = None
         self._disarm(BATCH_TIMER)
         self._out.append(Persist(ViewRecord(new_view, True)))
