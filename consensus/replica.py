@@ -621,6 +621,14 @@ class Replica:
             return None
         return Checkpoint(seq, state_digest, self.me, signature)
 
+    def _resend_checkpoint(self) -> None:
+        """Lost checkpoints would pin the watermarks forever: repeat ours when stuck."""
+        seq = max((s for s in self.state_digests if s > self.low_seq), default=0)
+        if seq:
+            checkpoint = self._signed_checkpoint(seq, self.state_digests[seq])
+            if checkpoint is not None:
+                self._out.append(Send(BROADCAST, checkpoint))
+
     def _send_status(self, to: int) -> None:
         """Tell a replica that seems stuck how far we executed (a signed checkpoint at our
         last executed seq), so that f+1 such answers let it catch up by fetching."""
@@ -777,6 +785,7 @@ class Replica:
                 own = self.view_changes.get(self.me)
                 if own is not None:
                     self._out.append(Send(BROADCAST, own))
+                self._resend_checkpoint()
                 self._arm(PROGRESS_TIMER, self._view_timeout())
         elif self._outstanding() and self.last_executed == self.progress_mark:
             self._start_view_change(self.view + 1)
@@ -835,6 +844,7 @@ class Replica:
         self._out.append(Persist(OwnViewChangeRecord(vc)))
         self._out.append(Send(BROADCAST, vc))
         self.view_changes[self.me] = vc
+        self._resend_checkpoint()
         self._arm(PROGRESS_TIMER, self._view_timeout())
         self._check_new_view_quorum()
 

@@ -492,7 +492,9 @@ class Simulation:
         self.proposed.add(forged.digest)
         group = {h.hid for h in self.hosts if h.hid != host.hid and self.rng.random() < 0.5}
         host.forged[pp.seq] = (forged.digest, group)
+        # Vote for both at once, each side seeing only "its" proposal.
         commit = self._sign(host, Commit(pp.view, pp.seq, forged.digest, host.index, b""))
+        real_commit = self._sign(host, Commit(pp.view, pp.seq, pp.digest, host.index, b""))
         for other in self.hosts:
             if other.hid == host.hid:
                 continue
@@ -501,6 +503,7 @@ class Simulation:
                 self._transmit(host.hid, other.hid, encode_message(commit))
             else:
                 self._transmit(host.hid, other.hid, encode_message(pp))
+                self._transmit(host.hid, other.hid, encode_message(real_commit))
 
     def _misbehave(self, host: Host) -> None:
         if not host.up or host.replica is None:

@@ -139,16 +139,22 @@ def draw_scenario(seed: int, nodes: int, byzantine: int | None, faults: frozense
     if "byzantine" not in faults and "twins" not in faults:
         count = 0
     faulty = sorted(rng.sample(range(nodes), count))
+    if canary and count and 0 not in faulty:
+        # The canary must meet an equivocating primary: make view 0's primary faulty.
+        faulty = sorted([0, *faulty[1:]])
     behaviours: dict[int, list[str]] = {}
     twins: list[int] = []
     for index in faulty:
-        if "twins" in faults and (rng.random() < 0.25 or "byzantine" not in faults):
+        twin_odds = 0.0 if canary else 0.25
+        if "twins" in faults and (rng.random() < twin_odds or "byzantine" not in faults):
             twins.append(index)
             behaviours[index] = []
             continue
         chosen = [b for b in BYZANTINE_BEHAVIOURS if rng.random() < 0.4]
         if canary or rng.random() < 0.5:
             chosen.append("equivocate")
+        if canary and "mute-primary" in chosen:
+            chosen.remove("mute-primary")  # a mute primary never gets to equivocate
         behaviours[index] = sorted(set(chosen)) or ["garbage"]
     interval = rng.choice([2, 3, 4])
     window = interval * rng.choice([2, 3])

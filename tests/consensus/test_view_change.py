@@ -1,0 +1,248 @@
+"""Every view-change path the issue names, driven by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from consensus.events import MessageReceived, Send, SetTimer
+from consensus.messages import (
+    NULL_DIGEST,
+    Checkpoint,
+    Commit,
+    NewView,
+    Prepare,
+    PrePrepare,
+    ViewChange,
+)
+from consensus.replica import PROGRESS_TIMER, REQUEST_TIMER
+from consensus.sim_env import make_payload
+from ledger.crypto import sha256
+from tests.consensus.cluster import Cluster, request
+
+
+def sent(cluster: Cluster, index: int) -> list[object]:
+    return [a.message for lst in cluster.nodes[index].action_lists for a in lst if isinstance(a, Send)]
+
+
+def test_primary_crash_before_pre_prepare_commits_in_next_view() -> None:
+    cluster = Cluster()
+    cluster.crash(0)
+    cluster.submit(0)
+    cluster.run()
+    assert all(node.executed == [] for node in cluster.nodes)
+    assert cluster.fire(PROGRESS_TIMER) == [1, 2, 3]
+    cluster.run()
+    for index in (1, 2, 3):
+        replica = cluster.replica(index)
+        assert (replica.view, replica.in_view_change) == (1, False)
+        assert cluster.requests_executed(index) == [request(0)]
+        assert cluster.nodes[index].executed[0].view == 1
+
+
+def test_primary_crash_after_prepare_commits_the_prepared_digest_in_next_view() -> None:
+    cluster = Cluster()
+    # Commits are lost: replicas prepare seq 1 but cannot commit it in view 0.
+    cluster.filter = lambda src, dst, m: None if isinstance(m, Commit) else m
+    cluster.submit(0)
+    cluster.run()
+    prepared = {cluster.replica(i).slots[1].prepared.digest for i in (1, 2, 3)}  # type: ignore[union-attr]
+    assert len(prepared) == 1
+    assert all(node.executed == [] for node in cluster.nodes)
+    cluster.crash(0)
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    for index in (1, 2, 3):
+        executed = cluster.nodes[index].executed
+        assert [e.digest for e in executed] == list(prepared)
+        assert executed[0].view == 1  # committed again, in the new view, same digest
+
+
+def test_primary_crash_during_checkpoint_keeps_the_stable_checkpoint_and_goes_on() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=4)
+    cluster.submit(0)
+    cluster.run()
+    # Seq 2 executes, but the checkpoint messages of seq 2 are lost while the primary dies.
+    cluster.filter = lambda src, dst, m: None if isinstance(m, Checkpoint) else m
+    cluster.submit(1)
+    cluster.run()
+    assert all(cluster.replica(i).low_seq == 0 for i in range(4))
+    cluster.crash(0)
+    cluster.filter = None
+    cluster.submit(2, to=[1, 2, 3])
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    for index in (1, 2, 3):
+        replica = cluster.replica(index)
+        assert replica.view == 1 and not replica.in_view_change
+        assert replica.low_seq == 2  # the view change repeated the checkpoints
+        assert cluster.requests_executed(index) == [request(0), request(1), request(2)]
+
+
+def test_equivocating_primary_is_reported_and_replaced_without_a_fork() -> None:
+    cluster = Cluster()
+    alternative = make_payload(1, 0, [request(42)])
+    forged_pp: list[PrePrepare] = []
+
+    def equivocate(src: int, dst: int, message: object) -> object:
+        if src == 0 and isinstance(message, PrePrepare) and dst == 3:
+            forged = cluster.sign_as(0, replace(message, digest=sha256(alternative), payload=alternative))
+            assert isinstance(forged, PrePrepare)
+            forged_pp.append(forged)
+            return forged
+        return message
+
+    cluster.filter = equivocate  # type: ignore[assignment]
+    cluster.submit(0)
+    cluster.run()
+    cluster.filter = None
+    # Replica 3 also learns the pre-prepare the others saw: that is evidence.
+    original = next(m for m in sent(cluster, 0) if isinstance(m, PrePrepare))
+    cluster.step(3, MessageReceived(0, original))
+    evidence = cluster.nodes[3].evidence
+    assert len(evidence) == 1 and evidence[0].offender == 0
+    assert {evidence[0].first, evidence[0].second} == {original, forged_pp[0]}
+    # Replicas 1 and 2 and the primary hold the original; nothing forked, and after a
+    # view change every honest replica runs the same history.
+    cluster.crash(0)
+    cluster.submit(1, to=[1, 2, 3])
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    histories = {tuple(cluster.digests(i)) for i in (1, 2, 3)}
+    assert len(histories) == 1
+    assert sha256(alternative) not in histories.pop()
+
+
+def test_two_view_changes_in_a_row_reach_a_live_primary_with_doubled_timeout() -> None:
+    cluster = Cluster(n=7)
+    cluster.crash(0)
+    cluster.crash(1)  # the primary of view 1 is dead too
+    cluster.submit(0)
+    cluster.run()
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    assert all(cluster.replica(i).view == 1 and cluster.replica(i).in_view_change for i in range(2, 7))
+    # Having a quorum of view changes for view 1 but no NEW-VIEW, they move to view 2.
+    delays = [t for t in cluster.nodes[2].action_lists[-1] if isinstance(t, SetTimer)]
+    first_delay = cluster.nodes[2].timers[PROGRESS_TIMER][1]
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    for index in range(2, 7):
+        replica = cluster.replica(index)
+        assert (replica.view, replica.in_view_change) == (2, False)
+        assert cluster.requests_executed(index) == [request(0)]
+    del delays
+    assert first_delay == 2 * cluster.settings["view_timeout_ticks"]
+
+
+def test_view_timeout_doubles_per_failed_view_and_resets_after_progress() -> None:
+    cluster = Cluster(backoff_exponent_max=3)
+    cluster.crash(0)
+    cluster.filter = lambda src, dst, m: None if isinstance(m, NewView) else m  # NEW-VIEWs lost
+    cluster.submit(0)
+    observed = []
+    for _ in range(5):
+        cluster.fire(PROGRESS_TIMER)
+        cluster.run()
+        observed.append(cluster.nodes[2].timers[PROGRESS_TIMER][1])
+    base = cluster.settings["view_timeout_ticks"]
+    assert observed == [2 * base, 4 * base, 8 * base, 8 * base, 8 * base]
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    assert cluster.requests_executed(2) == [request(0)]
+    cluster.submit(1, to=[1, 2, 3])
+    assert cluster.nodes[2].timers[PROGRESS_TIMER][1] == base  # progress reset the backoff
+
+
+def test_f_plus_one_view_changes_for_a_higher_view_make_a_replica_join() -> None:
+    cluster = Cluster()
+    cluster.submit(0, to=[1, 2])  # only replicas 1 and 2 know of the request
+    cluster.crash(0)
+    cluster.fire(PROGRESS_TIMER, [1, 2])
+    assert cluster.replica(3).view == 0
+    cluster.run()
+    own = [m for m in sent(cluster, 3) if isinstance(m, ViewChange)]
+    assert [m.new_view for m in own] == [1]  # joined without its own timer firing
+    assert cluster.replica(3).view == 1 and not cluster.replica(3).in_view_change
+
+
+def test_a_single_view_change_does_not_make_others_join() -> None:
+    cluster = Cluster()
+    cluster.submit(0, to=[1])
+    cluster.crash(0)
+    cluster.fire(PROGRESS_TIMER, [1])
+    cluster.run()
+    assert cluster.replica(2).view == 0 and cluster.replica(3).view == 0
+
+
+def test_a_censored_request_triggers_a_view_change() -> None:
+    cluster = Cluster()
+    # The primary's node never hands it request 5; the other nodes know it. Other requests flow.
+    cluster.submit(5, to=[1, 2, 3])
+    cluster.submit(0)
+    cluster.run()
+    assert cluster.requests_executed(1) == [request(0)]
+    assert cluster.fire(REQUEST_TIMER, [1, 2, 3]) == [1, 2, 3]
+    cluster.run()
+    for index in (1, 2, 3):
+        assert cluster.replica(index).view == 1
+        assert cluster.requests_executed(index) == [request(0), request(5)]
+
+
+def test_new_view_fills_unprepared_gaps_with_null_proposals() -> None:
+    cluster = Cluster(pipeline_window=2, batch_requests_max=1)
+    # Seq 1's prepares are lost (nobody prepares it); seq 2 prepares but cannot commit.
+    cluster.filter = lambda src, dst, m: (
+        None if (isinstance(m, Prepare) and m.seq == 1) or isinstance(m, Commit) else m)
+    cluster.submit(0)
+    cluster.submit(1)
+    cluster.run()
+    assert all(cluster.replica(i).slots[2].prepared is not None for i in (1, 2, 3))
+    assert all(cluster.replica(i).slots[1].prepared is None for i in (1, 2, 3))
+    cluster.crash(0)
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    new_view = next(m for m in sent(cluster, 1) if isinstance(m, NewView))
+    assert [(pp.seq, pp.digest == NULL_DIGEST) for pp in new_view.pre_prepares] == [(1, True), (2, False)]
+    for index in (1, 2, 3):
+        executed = cluster.nodes[index].executed
+        assert executed[0].digest == NULL_DIGEST and executed[0].payload == b""
+        assert request(1) in cluster.requests_executed(index)
+        # Request 0 was only in the lost seq-1 proposal: it is proposed again.
+        assert request(0) in cluster.requests_executed(index)
+
+
+def test_a_new_view_that_drops_a_prepared_request_is_rejected() -> None:
+    cluster = Cluster()
+    cluster.filter = lambda src, dst, m: None if isinstance(m, Commit) else m
+    cluster.submit(0)
+    cluster.run()
+    cluster.crash(0)
+    held: list[NewView] = []
+    cluster.filter = lambda src, dst, m: (held.append(m), None)[1] if isinstance(m, NewView) else m  # type: ignore[func-returns-value]
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    honest = held[0]
+    # The new primary (1) lies: a null proposal where seq 1 was prepared.
+    null_pp = cluster.sign_as(1, PrePrepare(1, 1, NULL_DIGEST, b"", 1, bytes(64)))
+    forged = cluster.sign_as(1, replace(honest, pre_prepares=(null_pp,)))
+    actions = cluster.replica(2).step(MessageReceived(1, forged))
+    assert cluster.replica(2).in_view_change
+    assert not any(isinstance(a, Send) and isinstance(a.message, Prepare) for a in actions)
+    cluster.replica(2).step(MessageReceived(1, honest))
+    assert not cluster.replica(2).in_view_change
+
+
+def test_a_new_view_from_a_replica_that_is_not_the_new_primary_is_ignored() -> None:
+    cluster = Cluster()
+    cluster.crash(0)
+    cluster.submit(0)
+    held: list[NewView] = []
+    cluster.filter = lambda src, dst, m: (held.append(m), None)[1] if isinstance(m, NewView) else m  # type: ignore[func-returns-value]
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    forged = cluster.sign_as(2, replace(held[0], sender=2))
+    cluster.replica(3).step(MessageReceived(2, forged))
+    assert cluster.replica(3).in_view_change
