@@ -24,7 +24,6 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -59,7 +58,7 @@ from consensus.replica import Replica
 from ledger.block import Block, BlockError, CommitCertificate
 from ledger.chain import Chain, ProposalRejected, Speculation
 from ledger.codec import decode, encode
-from ledger.crypto import KeyPair
+from ledger.crypto import KeyPair, sha256
 from ledger.errors import CryptoError, LedgerError, invariant
 from ledger.executor import Executor, next_nonce
 from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_genesis
@@ -68,7 +67,8 @@ from ledger.record_log import RecordLog
 from ledger.rules import RuleModule
 from ledger.state import WorldState
 from ledger.store import BlockStore, StoreError
-from ledger.tx import Tx, TxError, decode_and_verify
+from ledger.tx import Tx, TxError
+from ledger.tx_verifier import TxVerifier
 from ledger.verify import VerifyReport, verify_chain
 from p2p import PeerNetwork
 from p2p.tls import CERT_FILE_NAME, KEY_FILE_NAME
@@ -86,7 +86,6 @@ FETCH_BYTES_MAX = 6 * 1024 * 1024
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
 NULL_PREFIX = b"cons/null/"
-VERIFY_CHUNK_TXS = 256
 
 
 class NodeError(Exception):
@@ -217,7 +216,8 @@ class Node:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._forward: list[bytes] = []
         self._jobs: asyncio.Queue[Action] = asyncio.Queue()
-        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self.verifier = TxVerifier(self.chain_id)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.null_tip = self._load_null_tip()
         self.started_ms = int(time.time() * 1000)
         self.p2p: PeerNetwork | None = None
@@ -278,8 +278,6 @@ class Node:
 
     # -- payload helpers given to the replica ---------------------------------------------
     def _block_of(self, payload: bytes) -> Block | None:
-        from ledger.crypto import sha256
-
         key = sha256(payload)
         block = self._decoded.get(key)
         if block is None:
@@ -414,16 +412,28 @@ class Node:
     def _on_forwarded_txs(self, raws: Any) -> None:
         if not isinstance(raws, list):
             raise MessageError("txs frame needs a list")
-        for raw in raws[:FORWARD_BATCH_TXS_MAX]:
-            if isinstance(raw, bytes):
-                self.admit(raw, forward=False)
+        good = [raw for raw in raws[:FORWARD_BATCH_TXS_MAX] if isinstance(raw, bytes)]
+        task = asyncio.get_running_loop().create_task(self._admit_gossiped(good))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _admit_gossiped(self, raws: list[bytes]) -> None:
+        for outcome in await asyncio.gather(*(self.admit(raw, forward=False) for raw in raws)):
+            if isinstance(outcome, TxError) and outcome.code not in (
+                    "already_known", "nonce_used"):
+                log.debug("gossiped tx refused: %s", outcome)
 
     # -- transactions -----------------------------------------------------------------------
-    def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError:
+    async def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError:
         """Admit a client's or a peer's transaction; client ones are gossiped to all peers."""
-        tx = self.mempool.add_raw(raw)
+        if sha256(raw) in self.mempool:
+            return TxError("already_known", "this transaction is already pending")
+        tx = await self.verifier.verify(raw)
         if isinstance(tx, TxError):
             return tx
+        admitted = self.mempool.add_verified(tx)
+        if isinstance(admitted, TxError):
+            return admitted
         if forward:
             self._forward.append(tx.raw)
         self.feed(RequestReceived(tx.hash))
@@ -443,29 +453,8 @@ class Node:
             self.p2p.broadcast({"k": "txs", "txs": batch[start:start + FORWARD_BATCH_TXS_MAX]})
 
     async def _verify(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
-        """Decode+verify, reusing what the mempool already checked; off the loop thread."""
-        results: list[Tx | TxError | None] = []
-        unknown: list[tuple[int, bytes]] = []
-        from ledger.crypto import sha256
-
-        for index, raw in enumerate(raws):
-            known = self.mempool.get(sha256(raw))
-            results.append(known)
-            if known is None:
-                unknown.append((index, raw))
-        loop = asyncio.get_running_loop()
-        chunks = [unknown[i:i + VERIFY_CHUNK_TXS] for i in range(0, len(unknown), VERIFY_CHUNK_TXS)]
-        chain_id = self.chain_id
-
-        def work(chunk: list[tuple[int, bytes]]) -> list[tuple[int, Tx | TxError]]:
-            return [(index, decode_and_verify(raw, chain_id)) for index, raw in chunk]
-
-        done = await asyncio.gather(*(loop.run_in_executor(self._verify_pool, work, c)
-                                      for c in chunks))
-        for chunk_result in done:
-            for index, item in chunk_result:
-                results[index] = item
-        return [item for item in results if item is not None]
+        """Decode+verify a block's txs; those this node already checked are not redone."""
+        return await self.verifier.verify_many(raws)
 
     # -- the application jobs (build, validate, execute), one at a time ------------------
     async def _job_worker(self) -> None:
@@ -557,6 +546,7 @@ class Node:
         height = speculation.block.header.height
         hashes = [tx.hash for tx in speculation.txs]
         self.mempool.remove(hashes)
+        self.verifier.forget(hashes)
         reader = self.state.reader()
         self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
                                  lambda address: next_nonce(reader, address))
@@ -651,7 +641,23 @@ class Node:
                                self.on_peer_message, cert_path=tls_dir / CERT_FILE_NAME,
                                key_path=tls_dir / KEY_FILE_NAME)
         await self.p2p.start()
-        app = create_rpc_app(build_node_methods(self),
+        # The families' read methods (txtypes/queries.py) answer from committed state at
+        # the committed height; None from a query is the RPC's not_found.
+        from rpc.jsonrpc import NOT_FOUND, RpcAppError
+        from txtypes.queries import FAMILY_QUERIES, Query
+
+        def family_read(name: str, query: Query) -> Any:
+            async def handler(params: Any) -> Any:
+                result = query(self.state.reader(), params, self.store.tip()[0])
+                if result is None:
+                    raise RpcAppError(NOT_FOUND, f"{name}: nothing found",
+                                      params.model_dump(mode="json"))
+                return jsonable(result)
+            return handler
+
+        extra = {name: (model, family_read(name, query), doc)
+                 for name, (model, query, doc) in FAMILY_QUERIES.items()}
+        app = create_rpc_app(build_node_methods(self, extra=extra),
                              body_bytes_max=self.config.rpc_body_bytes_max)
         rpc = await start_rpc_server(app, host, port)
         worker = asyncio.create_task(self._job_worker(), name="jobs")
@@ -672,7 +678,7 @@ class Node:
                 handle.cancel()
             await rpc.stop()
             await self.p2p.close()
-            self._verify_pool.shutdown(wait=False, cancel_futures=True)
+            self.verifier.close()
             self.store.close()
 
 

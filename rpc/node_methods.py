@@ -62,7 +62,7 @@ class NodeView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError: ...
+    async def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError: ...
 
 
 def receipt_json(raw: bytes) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def build_node_methods(
         future = None
         if isinstance(decoded, Tx) and params.wait:
             future = node.waiters.add(decoded.hash)  # before admit: commit may be quick
-        result = node.admit(raw)
+        result = await node.admit(raw)
         if isinstance(result, TxError):
             if future is not None and isinstance(decoded, Tx):
                 node.waiters.discard(decoded.hash, future)

@@ -1,0 +1,86 @@
+"""Batched transaction signature checks on worker threads.
+
+Signature checks dominate the cost of a transaction. libsodium releases the GIL, so
+verifying on a small thread pool uses both cores and keeps the event loop free for
+consensus traffic. Requests arriving within one loop iteration are verified together in
+chunks, so the per-call thread hand-off is paid per chunk, not per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ledger.crypto import sha256
+from ledger.tx import Tx, TxError, decode_and_verify
+
+CHUNK_TXS = 128
+
+
+class TxVerifier:
+    def __init__(self, chain_id: str, threads: int = 2) -> None:
+        self.chain_id = chain_id
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
+        self._pending: list[tuple[bytes, asyncio.Future[Tx | TxError]]] = []
+        self._flush_scheduled = False
+        # Hashes already verified on this node (bounded): a tx seen in the mempool and
+        # then in a block, or in two proposals, is checked only once.
+        self._verified: dict[bytes, Tx] = {}
+        self.verified_max = 200_000
+
+    def _check_chunk(self, raws: list[bytes]) -> list[Tx | TxError]:
+        return [decode_and_verify(raw, self.chain_id) for raw in raws]
+
+    def known(self, tx_hash: bytes) -> Tx | None:
+        return self._verified.get(tx_hash)
+
+    def remember(self, tx: Tx) -> None:
+        if len(self._verified) >= self.verified_max:
+            # Drop the oldest half; dicts keep insertion order.
+            for key in list(self._verified)[: self.verified_max // 2]:
+                del self._verified[key]
+        self._verified[tx.hash] = tx
+
+    def forget(self, tx_hashes: Sequence[bytes]) -> None:
+        for tx_hash in tx_hashes:
+            self._verified.pop(tx_hash, None)
+
+    def verify(self, raw: bytes) -> asyncio.Future[Tx | TxError]:
+        """A future for the verified tx (or its error); batched with concurrent callers."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tx | TxError] = loop.create_future()
+        cached = self._verified.get(sha256(raw))
+        if cached is not None:
+            future.set_result(cached)
+            return future
+        self._pending.append((raw, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    async def verify_many(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
+        return list(await asyncio.gather(*(self.verify(raw) for raw in raws)))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(pending), CHUNK_TXS):
+            chunk = pending[start:start + CHUNK_TXS]
+            work = loop.run_in_executor(self._pool, self._check_chunk, [raw for raw, _ in chunk])
+            work.add_done_callback(functools.partial(self._deliver, chunk))
+
+    def _deliver(self, chunk: list[tuple[bytes, asyncio.Future[Tx | TxError]]],
+                 done: asyncio.Future[list[Tx | TxError]]) -> None:
+        results = done.result()
+        for (_, future), result in zip(chunk, results, strict=True):
+            if isinstance(result, Tx):
+                self.remember(result)
+            if not future.done():
+                future.set_result(result)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,50 @@
+"""TxVerifier: batched off-loop signature checks, cached per node."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ledger.crypto import KeyPair
+from ledger.tx import Tx, TxError, sign_tx
+from ledger.tx_verifier import TxVerifier
+
+CHAIN = "verifier-test"
+
+
+def test_concurrent_verifies_return_each_result_and_cache_good_ones() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN)
+        try:
+            good = [sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+                    for _ in range(300)]
+            bad = bytearray(good[0].raw)
+            bad[-1] ^= 1
+            results = await verifier.verify_many([tx.raw for tx in good] + [bytes(bad)])
+            assert [r.hash for r in results[:-1] if isinstance(r, Tx)] == [t.hash for t in good]
+            assert isinstance(results[-1], TxError) and results[-1].code == "bad_signature"
+            assert verifier.known(good[5].hash) is not None
+            verifier.forget([good[5].hash])
+            assert verifier.known(good[5].hash) is None
+            other_chain = sign_tx(KeyPair.generate(), "other", "identity", "register", 0, {})
+            wrong = await verifier.verify(other_chain.raw)
+            assert isinstance(wrong, TxError) and wrong.code == "wrong_chain"
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
+
+
+def test_cache_stays_bounded() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN)
+        verifier.verified_max = 10
+        try:
+            txs = [sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+                   for _ in range(25)]
+            await verifier.verify_many([tx.raw for tx in txs])
+            assert sum(verifier.known(t.hash) is not None for t in txs) <= 10
+            assert verifier.known(txs[-1].hash) is not None
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
