@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -35,12 +35,12 @@ from txtypes.balances import BALANCE_PREFIX, credit
 from txtypes.energy import BOOK_PREFIX, interval_of
 from txtypes.energy_market import lock_units
 
-INTERVAL_BLOCKS = 3
+INTERVAL_BLOCKS = 4
 CLASSES = (CLASS, "euro")
 METERS = ((METER_A, ALICE, "north"), (METER_B, BOB, "north"),
-          (METER_C, CAROL, "south"), (METER_D, DAVE, "south"))
+          (METER_C, CAROL, "north"), (METER_D, DAVE, "south"))
 meter_index = st.integers(0, len(METERS) - 1)
-class_name = st.sampled_from(CLASSES)
+class_name = st.sampled_from((CLASS, CLASS, CLASS, "euro"))  # mostly one book per zone
 
 
 class EnergyMarketMachine(RuleBasedStateMachine):
@@ -54,6 +54,11 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         self.issued = dict.fromkeys(CLASSES, 0)
         self.certified = [0] * len(METERS)
         self.last_interval = [-1] * len(METERS)
+        # Start with money and surplus everywhere so that trades happen early.
+        for i in range(len(METERS)):
+            for class_id in CLASSES:
+                self.issue(i, class_id, 2000)
+            self.reading(i, 0, 3000, 0)
         # (interval, meter index, class) -> the order kinds placed: an account never has
         # both an offer and a bid in one market.
         self.sides: dict[tuple[int, int, str], set[str]] = {}
@@ -79,8 +84,8 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         credit(self.h.state, class_id, METERS[i][1].address, amount)
         self.issued[class_id] += amount
 
-    @rule(i=meter_index, skip=st.integers(0, 2), produced=st.integers(0, 6000),
-          consumed=st.integers(0, 6000))
+    @rule(i=meter_index, skip=st.integers(0, 2), produced=st.integers(0, 8000),
+          consumed=st.integers(0, 3000))
     def reading(self, i: int, skip: int, produced: int, consumed: int) -> None:
         interval = self.last_interval[i] + 1 + skip
         finished = interval < interval_of(self.h.state, self.h.height)
@@ -107,7 +112,7 @@ class EnergyMarketMachine(RuleBasedStateMachine):
             "interval": self.last_interval[i] + 1, "produced_wh": 10**6, "consumed_wh": 0})
         assert code == "not_a_meter"
 
-    @rule(i=meter_index, quantity=st.integers(1, 5000), price=st.integers(1, 400),
+    @rule(i=meter_index, quantity=st.integers(1, 3000), price=st.integers(1, 200),
           class_id=class_name)
     def offer(self, i: int, quantity: int, price: int, class_id: str) -> None:
         meter, owner, _ = METERS[i]
@@ -125,7 +130,7 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         assert quantity <= free and not self_trade
         self._record_side(i, class_id, "offer")
 
-    @rule(i=meter_index, quantity=st.integers(1, 5000), price=st.integers(1, 400),
+    @rule(i=meter_index, quantity=st.integers(1, 3000), price=st.integers(1, 400),
           class_id=class_name)
     def bid(self, i: int, quantity: int, price: int, class_id: str) -> None:
         meter, owner, _ = METERS[i]
@@ -142,10 +147,21 @@ class EnergyMarketMachine(RuleBasedStateMachine):
         assert self.h.balance(owner, class_id) == have - lock_units(quantity, price)
         self._record_side(i, class_id, "bid")
 
-    @rule(blocks=st.integers(1, 4))
+    @rule(seller=st.integers(0, 2), buyer_offset=st.integers(1, 2),
+          quantity=st.integers(1, 3000), ask=st.integers(1, 200), markup=st.integers(0, 200))
+    def crossing_pair(self, seller: int, buyer_offset: int, quantity: int, ask: int,
+                      markup: int) -> None:
+        """An offer and a bid that can match (north meters 0..2), through the rules above."""
+        self.offer(seller, quantity, ask, CLASS)
+        self.bid((seller + buyer_offset) % 3, quantity, ask + markup, CLASS)
+
+    @rule(blocks=st.integers(1, INTERVAL_BLOCKS))
     def advance(self, blocks: int) -> None:
+        sold_before = sum(self._meter(i)["sold_wh"] for i in range(len(METERS)))
         for _ in range(blocks):
             self.h.end_block()
+        if sum(self._meter(i)["sold_wh"] for i in range(len(METERS))) > sold_before:
+            event("a market cleared with trades")
 
     # -- invariants -------------------------------------------------------------------
     @invariant()
