@@ -330,7 +330,14 @@ class Node:
         """Step the replica and perform what it asks; the only caller of `step`."""
         if self.halted:
             return
+        view, changing = self.replica.view, self.replica.in_view_change
         self.perform(self.replica.step(event))
+        if (view, changing) != (self.replica.view, self.replica.in_view_change):
+            if self.replica.in_view_change:
+                log.warning("starting view change to view %d", self.replica.view)
+            else:
+                log.info("entered view %d, primary %s", self.replica.view,
+                         self.names[self.primary_of(self.replica.view)])
 
     def perform(self, actions: list[Action]) -> None:
         pending_records: list[bytes] = []

@@ -113,8 +113,10 @@ def init_network(
         "genesis_time_ms": genesis_time_ms,
         "consensus": {
             "checkpoint_interval_blocks": 16,
-            "view_change_timeout_ms": 2000,
-            "batch_txs_max": 2000,
+            # Generous enough that a full block validated on a busy 2-core machine does
+            # not trigger a view change; tests that kill primaries pass a shorter one.
+            "view_change_timeout_ms": 4000,
+            "batch_txs_max": 1000,
             "batch_interval_ms": 10,
             **(consensus or {}),
         },

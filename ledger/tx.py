@@ -12,7 +12,7 @@ each next one is exactly one more, so a signed transaction can be applied at mos
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.codec import decode_map, encode
@@ -58,10 +58,11 @@ class Tx:
     signature: bytes
     raw: bytes
     hash: bytes
+    # Derived once: rules, mempool and executor ask for it several times per tx.
+    sender_address: str = field(init=False, compare=False)
 
-    @property
-    def sender_address(self) -> str:
-        return address_of(self.sender)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sender_address", address_of(self.sender))
 
     def unsigned_body(self) -> dict[str, Any]:
         return unsigned_body(
