@@ -25,25 +25,44 @@ INT_MAX = 2**64 - 1
 Value = None | bool | int | bytes | str | list[Any] | dict[str, Any]
 
 
+_SCALARS = (str, bytes, bool, type(None))
+
+
 def _canonical(value: Any, depth: int) -> Any:
-    if depth > DEPTH_MAX:
-        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
-    # bool before int: bool is a subclass of int.
-    if value is None or isinstance(value, bool | bytes | str):
+    # Exact-type dispatch first: this runs for every hashed or signed structure.
+    kind = type(value)
+    if kind in _SCALARS:
         return value
-    if isinstance(value, int):
+    if kind is int:
         if not INT_MIN <= value <= INT_MAX:
             raise CodecError(f"integer {value} outside the 64-bit range")
         return value
-    if isinstance(value, list | tuple):
-        return [_canonical(item, depth + 1) for item in value]
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise CodecError(f"map key {key!r} is not a string")
+    if depth >= DEPTH_MAX:
+        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
+    if kind is dict:
+        if not all(type(key) is str for key in value):
+            bad = next(key for key in value if type(key) is not str)
+            raise CodecError(f"map key {bad!r} is not a string")
         return {key: _canonical(value[key], depth + 1) for key in sorted(value)}
-    if isinstance(value, bytearray | memoryview):
+    if kind is list or kind is tuple:
+        return [_canonical(item, depth + 1) for item in value]
+    return _canonical_subclass(value, depth)
+
+
+def _canonical_subclass(value: Any, depth: int) -> Any:
+    """Subclasses of the allowed types (IntEnum, str enums…), and bytes-like views."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _canonical(int(value), depth)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
+    if isinstance(value, dict):
+        return _canonical(dict(value), depth)
+    if isinstance(value, list | tuple):
+        return _canonical(list(value), depth)
     raise CodecError(f"type {type(value).__name__} cannot be encoded canonically")
 
 

@@ -11,12 +11,14 @@ each next one is exactly one more, so a signed transaction can be applied at mos
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.codec import decode_map, encode
 from ledger.crypto import (
+    PROTOCOL_TAG,
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
     KeyPair,
@@ -138,8 +140,35 @@ def decode_tx(data: bytes) -> Tx | TxError:
               fields["nonce"], fields["payload"], fields["sig"], raw, sha256(raw))
 
 
+# "sig" sorts last among the seven fields, so a canonical signed tx is the unsigned body's
+# map (one entry fewer) followed by this key and a 64-byte bin8 value.
+_SIG_ENTRY_HEAD = encode("sig") + b"\xc4\x40"
+_SIG_ENTRY_BYTES = len(_SIG_ENTRY_HEAD) + SIGNATURE_BYTES
+_FIXMAP_7, _FIXMAP_6 = 0x87, b"\x86"
+
+
+@functools.lru_cache(maxsize=16)
+def _signed_prefix(chain_id: str) -> bytes:
+    """A 4-element array header and its first three elements: tag, domain, chain id."""
+    three = encode([PROTOCOL_TAG, "tx", chain_id])
+    return b"\x94" + three[1:]  # fixarray 3 -> fixarray 4; the elements follow unchanged
+
+
+def signed_message(tx: Tx) -> bytes:
+    """The bytes the sender signed: signing_payload("tx", chain_id, unsigned body).
+
+    Cut from the canonical wire bytes instead of re-encoding the body (the hot path);
+    equal to the re-encoded form by construction, which tests check.
+    """
+    raw = tx.raw
+    if raw[0] == _FIXMAP_7 and raw[-_SIG_ENTRY_BYTES:-SIGNATURE_BYTES] == _SIG_ENTRY_HEAD:
+        body = _FIXMAP_6 + raw[1:-_SIG_ENTRY_BYTES]
+        return _signed_prefix(tx.chain_id) + body
+    return signing_payload("tx", tx.chain_id, tx.unsigned_body())
+
+
 def check_signature(tx: Tx) -> TxError | None:
-    message = signing_payload("tx", tx.chain_id, tx.unsigned_body())
+    message = signed_message(tx)
     if not verify(tx.sender, message, tx.signature):
         return TxError("bad_signature", "the signature does not match the sender's key")
     return None

@@ -119,3 +119,19 @@ def test_oversize_txs_are_refused_at_sign_and_decode_time() -> None:
 @given(st.binary(max_size=300))
 def test_decoding_random_bytes_gives_a_tx_error_never_an_exception(data: bytes) -> None:
     assert isinstance(decode_and_verify(data, CHAIN), TxError)
+
+
+@given(
+    payload=st.dictionaries(st.text(min_size=1, max_size=20),
+                            st.integers(min_value=0, max_value=2**64 - 1) | st.binary(max_size=300)
+                            | st.text(max_size=50), max_size=6),
+    chain=st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True),
+    nonce=st.integers(min_value=0, max_value=2**63 - 1),
+)
+@settings(max_examples=100, deadline=None)
+def test_signed_message_cut_from_wire_bytes_equals_reencoded_body(
+        payload: dict[str, object], chain: str, nonce: int) -> None:
+    from ledger.tx import signed_message
+
+    tx = sign_tx(KEY, chain, "tokens", "transfer", nonce, payload)
+    assert signed_message(tx) == signing_payload("tx", chain, tx.unsigned_body())
