@@ -1,0 +1,137 @@
+"""Catch-up through verified commit certificates, and evidence of equivocation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from consensus.events import CommitProof, CommittedFetched, MessageReceived
+from consensus.messages import Checkpoint, Commit, Prepare
+from consensus.replica import FETCH_TIMER, PROGRESS_TIMER
+from consensus.sim_env import make_payload
+from ledger.crypto import sha256
+from tests.consensus.cluster import Cluster, request
+
+
+def test_a_replica_that_missed_blocks_fetches_them_with_certificates_and_executes() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=4)
+    cluster.crash(3)
+    for number in range(6):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    cluster.restart(3)
+    cluster.submit(6)
+    cluster.run()
+    # Replica 3 sees only messages above its watermarks; with work pending and no
+    # progress it asks to change view, and the others answer with their status.
+    cluster.fire(PROGRESS_TIMER, [3])
+    cluster.run()
+    cluster.fire(FETCH_TIMER, [3])
+    cluster.run()
+    assert cluster.nodes[3].fetches, "replica 3 never asked for the blocks it missed"
+    assert cluster.digests(3) == cluster.digests(0)
+    assert len(cluster.digests(3)) == 7
+
+
+def test_far_behind_replica_fetches_at_once_beyond_its_watermarks() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=2)
+    cluster.crash(3)
+    for number in range(8):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    cluster.restart(3)
+    cluster.submit(8)
+    cluster.run()
+    cluster.fire(PROGRESS_TIMER, [3])
+    cluster.run()  # no fetch timer needed: far beyond the window it fetches at once
+    assert cluster.nodes[3].fetches
+    assert cluster.digests(3) == cluster.digests(0)
+
+
+def test_an_idle_cluster_still_tells_a_lagging_replica_how_far_it_got() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=8, watermark_window_seqs=16)
+    cluster.crash(3)
+    for number in range(3):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    cluster.restart(3)
+    cluster.submit(0, to=[3])  # replica 3 thinks request 0 is still pending
+    cluster.fire(PROGRESS_TIMER, [3])  # no progress: it asks for a view change ...
+    cluster.run()  # ... and the others answer with a signed status checkpoint
+    cluster.fire(FETCH_TIMER, [3])
+    cluster.run()
+    assert cluster.digests(3) == cluster.digests(0) and len(cluster.digests(3)) == 3
+    assert cluster.replica(0).view == 0  # one replica alone did not move the others
+
+
+def _fetched(cluster: Cluster) -> CommittedFetched:
+    done = cluster.nodes[0].executed[0]
+    return CommittedFetched(1, done.payload, done.certificate)
+
+
+def _lagging_cluster() -> Cluster:
+    cluster = Cluster()
+    cluster.crash(3)
+    cluster.submit(0, to=[0, 1, 2])
+    cluster.run()
+    cluster.restart(3)
+    cluster.replica(3).fetch_target = 1  # as if it had asked for seq 1
+    return cluster
+
+
+def test_fetched_block_whose_payload_does_not_match_the_certificate_is_rejected() -> None:
+    cluster = _lagging_cluster()
+    good = _fetched(cluster)
+    cluster.step(3, replace(good, payload=make_payload(1, 0, [request(77)])))
+    assert cluster.nodes[3].executed == []
+    cluster.step(3, good)
+    assert cluster.digests(3) == cluster.digests(0)
+
+
+def test_fetched_block_with_too_few_or_forged_signatures_is_rejected() -> None:
+    cluster = _lagging_cluster()
+    good = _fetched(cluster)
+    proof = good.certificate
+    short = replace(proof, signatures=proof.signatures[:2])
+    forged = CommitProof(proof.view, 1, proof.digest,
+                         tuple((key, bytes(64)) for key, _ in proof.signatures))
+    duplicated = replace(proof, signatures=(proof.signatures[0],) * 3)
+    for bad in (short, forged, duplicated):
+        cluster.step(3, replace(good, certificate=bad))
+    assert cluster.nodes[3].executed == []
+    cluster.step(3, good)
+    assert len(cluster.nodes[3].executed) == 1
+
+
+def test_two_prepares_for_different_digests_from_one_validator_are_evidence() -> None:
+    cluster = Cluster()
+    cluster.auto_validate = False
+    cluster.submit(0)
+    cluster.run()
+    digest = cluster.replica(1).slots[1].pre_prepare.digest  # type: ignore[union-attr]
+    first = cluster.sign_as(2, Prepare(0, 1, digest, 2, bytes(64)))
+    second = cluster.sign_as(2, Prepare(0, 1, sha256(b"other"), 2, bytes(64)))
+    cluster.step(1, MessageReceived(2, first))
+    cluster.step(1, MessageReceived(2, first))  # a duplicate is not evidence
+    assert cluster.nodes[1].evidence == []
+    cluster.step(1, MessageReceived(2, second))
+    [evidence] = cluster.nodes[1].evidence
+    assert (evidence.offender, evidence.first, evidence.second) == (2, first, second)
+    cluster.step(1, MessageReceived(2, second))
+    assert len(cluster.nodes[1].evidence) == 1  # reported once
+
+
+def test_conflicting_commits_and_checkpoints_are_evidence_but_unsigned_ones_are_not() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2)
+    a = cluster.sign_as(3, Commit(0, 1, sha256(b"a"), 3, bytes(64)))
+    b = cluster.sign_as(3, Commit(0, 1, sha256(b"b"), 3, bytes(64)))
+    c1 = cluster.sign_as(3, Checkpoint(2, sha256(b"s1"), 3, bytes(64)))
+    c2 = cluster.sign_as(3, Checkpoint(2, sha256(b"s2"), 3, bytes(64)))
+    unsigned = Commit(0, 1, sha256(b"c"), 3, bytes(64))
+    cluster.step(1, MessageReceived(3, a))
+    cluster.step(1, MessageReceived(3, unsigned))
+    assert cluster.nodes[1].evidence == []
+    cluster.step(1, MessageReceived(3, b))
+    cluster.step(1, MessageReceived(3, c1))
+    cluster.step(1, MessageReceived(3, c2))
+    assert [(e.offender, type(e.second).__name__) for e in cluster.nodes[1].evidence] == [
+        (3, "Commit"), (3, "Checkpoint")]
