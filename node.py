@@ -24,7 +24,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,7 +57,6 @@ from consensus.records import decode_record, encode_record
 from consensus.replica import Replica
 from ledger.block import Block, BlockError, CommitCertificate
 from ledger.chain import Chain, ProposalRejected, Speculation
-from ledger.codec import decode, encode
 from ledger.crypto import KeyPair, sha256
 from ledger.errors import CryptoError, LedgerError, invariant
 from ledger.executor import Executor, next_nonce
@@ -65,6 +64,7 @@ from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_gene
 from ledger.mempool import Mempool, MempoolLimits
 from ledger.record_log import RecordLog
 from ledger.rules import RuleModule
+from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
 from ledger.store import BlockStore, StoreError
 from ledger.tx import Tx, TxError
@@ -73,7 +73,7 @@ from ledger.verify import VerifyReport, verify_chain
 from p2p import PeerNetwork
 from p2p.tls import CERT_FILE_NAME, KEY_FILE_NAME
 from rpc.methods import jsonable
-from rpc.node_methods import build_node_methods
+from rpc.node_methods import TxWaiters, build_node_methods
 from rpc.server import create_rpc_app, start_rpc_server
 from txtypes.base import ModuleNotInstalled, load_modules
 
@@ -85,7 +85,6 @@ FETCH_SEQS_MAX = 32
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
-NULL_PREFIX = b"cons/null/"
 
 
 class NodeError(Exception):
@@ -124,10 +123,6 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _null_key(seq: int) -> bytes:
-    return NULL_PREFIX + seq.to_bytes(8, "big")
-
-
 def proof_to_map(proof: CommitProof) -> dict[str, Any]:
     return {"view": proof.view, "seq": proof.seq, "digest": proof.digest,
             "signatures": [list(pair) for pair in proof.signatures]}
@@ -141,33 +136,6 @@ def proof_from_map(data: Any) -> CommitProof:
         return CommitProof(int(data["view"]), int(data["seq"]), bytes(data["digest"]), pairs)
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"malformed commit proof: {exc}") from exc
-
-
-@dataclass
-class _Waiters:
-    """RPC callers waiting for a transaction to commit (bounded)."""
-
-    futures: dict[bytes, list[asyncio.Future[dict[str, Any]]]] = field(default_factory=dict)
-    count_max: int = 50_000
-
-    def add(self, tx_hash: bytes) -> asyncio.Future[dict[str, Any]] | None:
-        if sum(len(v) for v in self.futures.values()) >= self.count_max:
-            return None
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.futures.setdefault(tx_hash, []).append(future)
-        return future
-
-    def resolve(self, tx_hash: bytes, outcome: dict[str, Any]) -> None:
-        for future in self.futures.pop(tx_hash, []):
-            if not future.done():
-                future.set_result(outcome)
-
-    def discard(self, tx_hash: bytes, future: asyncio.Future[dict[str, Any]]) -> None:
-        pending = self.futures.get(tx_hash)
-        if pending and future in pending:
-            pending.remove(future)
-            if not pending:
-                del self.futures[tx_hash]
 
 
 class Node:
@@ -207,8 +175,9 @@ class Node:
             MempoolLimits(txs_max=self.config.mempool_txs_max),
         )
         self.records = RecordLog(self.store.db)
+        self.sequences = CommittedSequences(self.store, self.genesis.hash)
         self.replica = self._restore_replica()
-        self.waiters = _Waiters()
+        self.waiters = TxWaiters()
         self.evidence: list[dict[str, Any]] = []
         self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()
@@ -218,7 +187,6 @@ class Node:
         self._jobs: asyncio.Queue[Action] = asyncio.Queue()
         self.verifier = TxVerifier(self.chain_id)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.null_tip = self._load_null_tip()
         self.started_ms = int(time.time() * 1000)
         self.p2p: PeerNetwork | None = None
         self.halted: str | None = None
@@ -264,14 +232,8 @@ class Node:
 
     def _restore_replica(self) -> Replica:
         records = [decode_record(raw) for raw in self.records.load()]
-        executed = max(self.store.tip_seq(), self._load_null_tip())
+        executed = self.sequences.executed_seq
         return Replica.restore(self._replica_config(), records, executed_seq=executed)
-
-    def _load_null_tip(self) -> int:
-        with self.store.db.iterator(prefix=NULL_PREFIX, reverse=True, include_value=False) as it:
-            for key in it:
-                return int.from_bytes(key[len(NULL_PREFIX):], "big")
-        return 0
 
     def primary_of(self, view: int) -> bytes:
         return self.validators[view % len(self.validators)]
@@ -301,7 +263,7 @@ class Node:
     # -- status -----------------------------------------------------------------------------
     @property
     def executed_seq(self) -> int:
-        return max(self.store.tip_seq(), self.null_tip)
+        return self.sequences.executed_seq
 
     def status(self) -> dict[str, Any]:
         height, tip = self.store.tip()
@@ -523,17 +485,14 @@ class Node:
 
     async def _execute(self, action: Execute) -> None:
         if action.seq <= self.executed_seq:
-            self.feed(Executed(action.seq, self._state_digest_at(action.seq)))
+            self.feed(Executed(action.seq, self.sequences.state_digest_at(action.seq)))
             return
         invariant(action.seq == self.executed_seq + 1,
                   f"execute seq {action.seq} after {self.executed_seq}")
         cert = CommitCertificate(action.seq, action.certificate.view, action.digest,
                                  action.certificate.signatures)
         if not action.payload:
-            batch = self.store.db.write_batch(sync=True)
-            batch.put(_null_key(action.seq), encode(proof_to_map(action.certificate)))
-            batch.write()
-            self.null_tip = action.seq
+            self.sequences.record_null(action.seq, proof_to_map(action.certificate))
         else:
             speculation = await self._speculate(action.payload, action.digest, now_ms=None)
             if speculation is None:
@@ -565,29 +524,6 @@ class Node:
         log.info("committed height %d (%d txs) %s", height, len(hashes),
                  speculation.block.hash.hex()[:16])
 
-    def _state_digest_at(self, seq: int) -> bytes:
-        height = self._height_at_seq(seq)
-        if height == 0:
-            return self.store.tip()[1] if self.store.tip()[0] == 0 else self.genesis.hash
-        header = self.store.header(height)
-        invariant(header is not None, f"no header at height {height}")
-        assert header is not None
-        return header.hash
-
-    def _height_at_seq(self, seq: int) -> int:
-        """The highest height whose certificate sequence is <= seq (binary search)."""
-        low, high = 0, self.store.tip()[0]
-        while low < high:
-            middle = (low + high + 1) // 2
-            cert = self.store.certificate(middle)
-            invariant(cert is not None, f"no certificate at height {middle}")
-            assert cert is not None
-            if cert.seq <= seq:
-                low = middle
-            else:
-                high = middle - 1
-        return low
-
     def _halt(self, reason: str) -> None:
         self.halted = reason
         log.critical("HALTED: %s", reason)
@@ -605,28 +541,17 @@ class Node:
         first, last = message.get("from"), message.get("to")
         if type(first) is not int or type(last) is not int or not 1 <= first <= last:
             raise MessageError("fetch needs 1 <= from <= to")
-        last = min(last, first + FETCH_SEQS_MAX - 1, self.executed_seq)
+        last = min(last, first + FETCH_SEQS_MAX - 1)
         items: list[dict[str, Any]] = []
-        size = 0
-        height = self._height_at_seq(first - 1) + 1
-        for seq in range(first, last + 1):
-            null = self.store.db.get(_null_key(seq))
-            if null is not None:
-                items.append({"seq": seq, "payload": b"", "cert": decode(null)})
+        for entry in self.sequences.committed_range(first, last, FETCH_BYTES_MAX):
+            if entry.block is None:
+                items.append({"seq": entry.seq, "payload": b"", "cert": entry.null_proof})
                 continue
-            cert = self.store.certificate(height)
-            if cert is None or cert.seq != seq:
-                break  # neither a block nor a null here: we do not know this seq
-            block = self.store.block(height)
-            assert block is not None
-            payload = block.encode()
-            size += len(payload)
-            if size > FETCH_BYTES_MAX and items:
-                break
-            items.append({"seq": seq, "payload": payload, "cert": {
+            cert = entry.certificate
+            assert cert is not None
+            items.append({"seq": entry.seq, "payload": entry.block.encode(), "cert": {
                 "view": cert.view, "seq": cert.seq, "digest": cert.block_hash,
                 "signatures": [list(pair) for pair in cert.signatures]}})
-            height += 1
         if items and self.p2p is not None:
             self.p2p.send(peer, {"k": "fetched", "items": items})
 

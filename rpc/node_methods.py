@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -63,6 +64,33 @@ class NodeView(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     async def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError: ...
+
+
+@dataclass
+class TxWaiters:
+    """RPC callers waiting for a transaction to commit (bounded)."""
+
+    futures: dict[bytes, list[asyncio.Future[dict[str, Any]]]] = field(default_factory=dict)
+    count_max: int = 50_000
+
+    def add(self, tx_hash: bytes) -> asyncio.Future[dict[str, Any]] | None:
+        if sum(len(v) for v in self.futures.values()) >= self.count_max:
+            return None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.futures.setdefault(tx_hash, []).append(future)
+        return future
+
+    def resolve(self, tx_hash: bytes, outcome: dict[str, Any]) -> None:
+        for future in self.futures.pop(tx_hash, []):
+            if not future.done():
+                future.set_result(outcome)
+
+    def discard(self, tx_hash: bytes, future: asyncio.Future[dict[str, Any]]) -> None:
+        pending = self.futures.get(tx_hash)
+        if pending and future in pending:
+            pending.remove(future)
+            if not pending:
+                del self.futures[tx_hash]
 
 
 def receipt_json(raw: bytes) -> dict[str, Any]:
