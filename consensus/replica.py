@@ -156,6 +156,7 @@ class Replica:
         self.last_state_digest: bytes | None = None
         self.slots: dict[int, Slot] = {}
         self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
+        self.claimed: dict[int, int] = {}  # sender -> highest seq it signed a checkpoint for
         self.pending: dict[bytes, int] = {}  # request digest -> arrival number
         self.arrivals = 0
         self.in_flight: dict[bytes, int] = {}  # request digest -> seq proposing it
@@ -655,6 +656,8 @@ class Replica:
 
     def _add_checkpoint(self, checkpoint: Checkpoint) -> None:
         self.checkpoint_votes.setdefault(checkpoint.seq, {})[checkpoint.sender] = checkpoint
+        if checkpoint.sender != self.me and checkpoint.seq > self.claimed.get(checkpoint.sender, 0):
+            self.claimed[checkpoint.sender] = checkpoint.seq
         # Bound what one sender can make us hold: its few highest checkpoints only.
         keep = self.config.watermark_window_seqs // self.config.checkpoint_interval_seqs + 2
         mine = sorted(seq for seq, votes in self.checkpoint_votes.items() if checkpoint.sender in votes)
@@ -693,11 +696,7 @@ class Replica:
 
     def _behind_target(self) -> tuple[int, tuple[int, ...]]:
         """Highest seq that f+1 validators (so at least one honest) claim to have executed."""
-        highest: dict[int, int] = {}
-        for seq, votes in self.checkpoint_votes.items():
-            for sender in votes:
-                if sender != self.me:
-                    highest[sender] = max(highest.get(sender, 0), seq)
+        highest = self.claimed
         claims = sorted(highest.values(), reverse=True)
         target = claims[self.config.faults] if len(claims) > self.config.faults else 0
         if self.low_seq > target:

@@ -57,6 +57,7 @@ from consensus.messages import (
     NULL_DIGEST,
     Checkpoint,
     Commit,
+    Message,
     MessageError,
     NewView,
     Prepare,
@@ -164,6 +165,7 @@ class Simulation:
         self.committed: dict[int, bytes] = {}
         self.proposed: set[bytes] = set()
         self.issued: dict[bytes, None] = {}
+        self.decoded: dict[bytes, Message] = {}
         self.total_requests = scenario.requests_before_gst + scenario.requests_after_gst
 
     def _config(self, key: KeyPair | SimKey, quorum: int) -> ReplicaConfig:
@@ -298,10 +300,14 @@ class Simulation:
             if host.faulty:
                 host.seen.append(data)
                 del host.seen[:-REPLAY_MEMORY]
-            try:
-                message = decode_message(data)
-            except MessageError:
-                return
+            # Decode each distinct frame once (a broadcast reaches n-1 replicas).
+            message = self.decoded.get(data)
+            if message is None:
+                try:
+                    message = decode_message(data)
+                except MessageError:
+                    return
+                self.decoded[data] = message
             self._step(host, MessageReceived(-1, message))
         elif kind == "timer":
             timer_kind, token = data
