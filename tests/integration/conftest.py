@@ -1,0 +1,52 @@
+"""Fixtures for multi-process tests: a cluster factory that always kills its processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster import Cluster
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    # Remember each phase's outcome on the item so fixtures can tell a failed test.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """`make_cluster(nodes=4, consensus={...}, start=True)` -> a running Cluster.
+
+    Every process of every cluster made here is SIGKILLed at teardown, pass or fail; on
+    failure the tail of each node's log is printed to help the reader.
+    """
+    clusters: list[Cluster] = []
+
+    def make(nodes: int = 4, consensus: dict[str, int] | None = None,
+             start: bool = True) -> Cluster:
+        cluster = Cluster.create(tmp_path / f"c{len(clusters)}", nodes, consensus)
+        clusters.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        for cluster in clusters:
+            if failed is not None and failed.failed:
+                print(cluster.diagnostics())
+            cluster.close()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A running 4-validator network."""
+    return make_cluster()
