@@ -75,6 +75,7 @@ class Options:
     drain_s: float = 30.0
     out: str = "bench-out/cluster"
     keep: bool = False
+    cache: str | None = "bench-out/.signed-cache"
 
     def tx_count(self) -> int:
         if self.txs is not None:
@@ -145,7 +146,8 @@ async def _sample_cpu(network: Network, drive: Drive, stop: asyncio.Event) -> No
     drive.cpu_samples.append((time.time(), sum(network.node_cpu_s())))
 
 
-async def _submit_setup(urls: list[str], workload: Workload) -> None:
+async def submit_setup(urls: list[str], workload: Workload) -> None:
+    """Commit the workload's setup phases, in order, through the first node."""
     async with RpcClient(urls[0], timeout_s=REQUEST_TIMEOUT_S) as client:
         for phase in workload.setup:
             for start in range(0, len(phase), BATCH_CALLS_MAX):
@@ -158,8 +160,10 @@ async def _submit_setup(urls: list[str], workload: Workload) -> None:
                     raise RuntimeError(f"setup transaction failed: {bad[0]}")
 
 
-async def _drive(network: Network, workload: Workload, opts: Options) -> Drive:
-    urls = network.rpc_urls
+async def drive_load(network: Network, workload: Workload, opts: Options,
+                 urls: list[str] | None = None) -> Drive:
+    """Send the workload's lanes (lane i to urls[i]) as the options say; what happened."""
+    urls = urls if urls is not None else network.rpc_urls
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     sessions = [aiohttp.ClientSession(timeout=timeout,
                                       connector=aiohttp.TCPConnector(limit=opts.clients * 4))
@@ -229,7 +233,7 @@ async def _drive(network: Network, workload: Workload, opts: Options) -> Drive:
     return drive
 
 
-async def _heads(urls: list[str], settle_s: float = 20.0) -> tuple[bool, list[dict[str, Any]]]:
+async def heads_of(urls: list[str], settle_s: float = 20.0) -> tuple[bool, list[dict[str, Any]]]:
     """Wait until every node reports the same height, then compare head hashes."""
     deadline = time.monotonic() + settle_s
     heads: list[dict[str, Any]] = []
@@ -329,7 +333,8 @@ def run(opts: Options) -> dict[str, Any]:
         workload = build_workload(network.chain_id, network.account("treasury"),
                                   network.account("civil-registry"), opts.tx_count(),
                                   min(opts.senders, opts.tx_count()), opts.validators,
-                                  parse_mix(opts.mix), opts.payload_bytes)
+                                  parse_mix(opts.mix), opts.payload_bytes,
+                                  cache_dir=Path(opts.cache) if opts.cache else None)
         sign_s = time.perf_counter() - prepared_s
         phase("sign_s")
         limit = measure(network.out_dir, workload, min(opts.limit_txs, workload.count),
@@ -338,13 +343,13 @@ def run(opts: Options) -> dict[str, Any]:
         phase("limit_s")
         network.start()
         phase("start_s")
-        asyncio.run(_submit_setup(network.rpc_urls, workload))
-        _, setup_heads = asyncio.run(_heads(network.rpc_urls))
+        asyncio.run(submit_setup(network.rpc_urls, workload))
+        _, setup_heads = asyncio.run(heads_of(network.rpc_urls))
         setup_height = int(setup_heads[0]["height"])
         phase("setup_s")
-        drive = asyncio.run(_drive(network, workload, opts))
+        drive = asyncio.run(drive_load(network, workload, opts))
         phase("drive_s")
-        same_head, heads = asyncio.run(_heads(network.rpc_urls))
+        same_head, heads = asyncio.run(heads_of(network.rpc_urls))
         peak_rss = network.node_peak_rss_mb()
         blocks = asyncio.run(_blocks(network.rpc_urls[0], int(heads[0]["height"])))
         phase("collect_s")
@@ -425,13 +430,16 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="transactions for the in-run ceiling measurement")
     parser.add_argument("--out", default="bench-out/cluster")
     parser.add_argument("--keep", action="store_true", help="keep the network directory")
+    parser.add_argument("--cache", default="bench-out/.signed-cache",
+                        help="where pre-signed transactions are kept between runs ('' = off)")
     args = parser.parse_args(argv)
     if args.duration <= args.warmup:
         parser.error("--duration must be longer than --warmup")
     return Options(validators=args.validators, txs=args.txs, rate=args.rate,
                    duration_s=args.duration, warmup_s=args.warmup, mix=args.mix,
                    payload_bytes=args.payload_bytes, senders=args.senders, clients=args.clients,
-                   batch=args.batch, limit_txs=args.limit_txs, out=args.out, keep=args.keep)
+                   batch=args.batch, limit_txs=args.limit_txs, out=args.out, keep=args.keep,
+                   cache=args.cache or None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

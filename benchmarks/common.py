@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import psutil
 
 from ledger.crypto import KeyPair, sha256
@@ -154,12 +155,16 @@ class Network:
     def account(self, agency: str) -> KeyPair:
         return KeyPair.load(self.out_dir / "accounts" / f"{agency}.json")
 
-    def start(self, ready_timeout_s: float = 60.0) -> None:
-        """`cityledger testnet up` on the directory; returns when every node is connected."""
+    def start(self, ready_timeout_s: float = 60.0, running: int | None = None) -> None:
+        """`cityledger testnet up` on the directory; returns when every node is connected.
+
+        With `running` < validators, the caller has moved the other homes out of the
+        directory first (testnet up runs every node* home it finds).
+        """
+        count = self.validators if running is None else running
         log = open(self.out_dir / "testnet.log", "ab")  # noqa: SIM115 - child's for its life
         self.testnet = subprocess.Popen(
-            cli_command("testnet", "up", "--nodes", str(self.validators),
-                        "--dir", str(self.out_dir)),
+            cli_command("testnet", "up", "--nodes", str(count), "--dir", str(self.out_dir)),
             cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + ready_timeout_s
@@ -169,24 +174,24 @@ class Network:
                 raise NetworkError(f"testnet up exited with {self.testnet.returncode}; see "
                                    f"{self.out_dir / 'testnet.log'}")
             children = parent.children()
-            if len(children) == self.validators:
+            if len(children) == count:
                 self.nodes = children
                 break
             time.sleep(0.05)
         else:
             raise NetworkError("testnet up did not start every node in time")
-        self._wait_connected(deadline)
+        self._wait_connected(self.rpc_urls[:count], count - 1, deadline)
 
-    def _wait_connected(self, deadline: float) -> None:
+    def _wait_connected(self, urls: list[str], peers: int, deadline: float) -> None:
         from rpc.client import RpcClientError, SyncRpcClient
 
-        pending = list(self.rpc_urls)
+        pending = list(urls)
         while pending and time.monotonic() < deadline:
             url = pending[0]
             try:
                 with SyncRpcClient(url, timeout_s=2.0) as client:
                     status = client.call("node_status")
-                if len(status["connected_peers"]) == self.validators - 1:
+                if len(status["connected_peers"]) >= peers:
                     pending.pop(0)
                     continue
             except (RpcClientError, OSError):
@@ -267,9 +272,32 @@ def _sign_run(job: tuple[bytes, str, list[tuple[str, str, int, dict[str, Any]]]]
             for family, op, nonce, payload in items]
 
 
-def sign_jobs(jobs: list[tuple[bytes, str, list[tuple[str, str, int, dict[str, Any]]]]],
-              workers: int) -> list[list[bytes]]:
-    """Sign many per-key runs, in parallel processes when there are enough of them."""
+SignJob = tuple[bytes, str, list[tuple[str, str, int, dict[str, Any]]]]
+
+
+def sign_jobs(jobs: list[SignJob], workers: int, cache_dir: Path | None = None
+              ) -> list[list[bytes]]:
+    """Sign many per-key runs, in parallel processes when there are enough of them.
+
+    Signatures are deterministic (Ed25519), so the same jobs always give the same bytes:
+    with `cache_dir` they are kept on disk and a repeated run skips the signing.
+    """
+    cache: Path | None = None
+    if cache_dir is not None:
+        cache = cache_dir / f"signed-{sha256(msgpack.packb(jobs)).hex()[:32]}.msgpack"
+        if cache.exists():
+            cached: list[list[bytes]] = msgpack.unpackb(cache.read_bytes())
+            return cached
+    signed = _sign_all(jobs, workers)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".tmp")
+        partial.write_bytes(msgpack.packb(signed))
+        partial.replace(cache)
+    return signed
+
+
+def _sign_all(jobs: list[SignJob], workers: int) -> list[list[bytes]]:
     total = sum(len(items) for _, _, items in jobs)
     if workers <= 1 or total < 4000:
         return [_sign_run(job) for job in jobs]
@@ -298,7 +326,8 @@ class Workload:
 
 def build_workload(chain_id: str, treasury: KeyPair, registrar: KeyPair, txs: int,
                    senders: int, lanes: int, mix: dict[str, int], memo_bytes: int,
-                   seed: int = 1, workers: int | None = None) -> Workload:
+                   seed: int = 1, workers: int | None = None,
+                   cache_dir: Path | None = None) -> Workload:
     """Pre-sign `txs` transactions by `senders` accounts in the op mix, plus their setup."""
     if not 0 <= memo_bytes <= MEMO_BYTES_MAX:
         raise ValueError(f"payload memo must be 0..{MEMO_BYTES_MAX} bytes")
@@ -341,21 +370,21 @@ def build_workload(chain_id: str, treasury: KeyPair, registrar: KeyPair, txs: in
             run.append(("tokens", "spend", len(run), {
                 "class_id": CLASS_ID, "merchant": merchant.address, "amount": 1, "memo": memo}))
 
-    jobs = [(treasury.seed, chain_id, treasury_items)]
+    # The setup is signed by this network's fresh agency keys; the measured transactions
+    # only by deterministic keys, so they can come from the cache.
+    setup_jobs: list[SignJob] = [(treasury.seed, chain_id, treasury_items)]
     if registrar_items:
-        jobs.append((registrar.seed, chain_id, registrar_items))
+        setup_jobs.append((registrar.seed, chain_id, registrar_items))
+    worker_count = workers if workers is not None else (os.cpu_count() or 1)
+    signed_setup = sign_jobs(setup_jobs, worker_count)
+    setup_treasury = signed_setup[0]
+    setup_registrar = signed_setup[1] if registrar_items else []
     order = sorted(runs)
-    jobs += [(sender_keys[who].seed, chain_id, runs[who]) for who in order]
+    jobs: list[SignJob] = [(sender_keys[who].seed, chain_id, runs[who]) for who in order]
     jobs += [(seed_bytes, chain_id, [("identity", "register", 0, {})]) for _, seed_bytes in fresh]
-    signed = sign_jobs(jobs, workers if workers is not None else (os.cpu_count() or 1))
-    setup_treasury = signed[0]
-    offset = 1
-    setup_registrar: list[bytes] = []
-    if registrar_items:
-        setup_registrar = signed[1]
-        offset = 2
-    sender_raws = {who: signed[offset + i] for i, who in enumerate(order)}
-    fresh_raws = [raws[0] for raws in signed[offset + len(order):]]
+    signed = sign_jobs(jobs, worker_count, cache_dir)
+    sender_raws = {who: signed[i] for i, who in enumerate(order)}
+    fresh_raws = [raws[0] for raws in signed[len(order):]]
 
     # Interleave senders (nonce 0 of everyone, then nonce 1...) so batches mix senders.
     lane_txs: list[list[bytes]] = [[] for _ in range(lanes)]

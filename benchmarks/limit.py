@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -47,24 +47,28 @@ from txtypes.base import load_modules
 
 STAGES = ("decode_verify", "admission", "execute", "store")
 T = TypeVar("T")
+# Given the genesis writes and the executor, more initial state to write with them.
+Seeder = Callable[[dict[bytes, bytes | None], Executor], Mapping[bytes, bytes | None]]
 
 
 class LimitChain:
     """A node's ledger side (store, state, executor, Chain) on a temporary LevelDB."""
 
-    def __init__(self, genesis_path: Path, validator_keys: Sequence[KeyPair], db_path: Path
-                 ) -> None:
+    def __init__(self, genesis_path: Path, validator_keys: Sequence[KeyPair], db_path: Path,
+                 seed: Seeder | None = None) -> None:
         self.genesis = load_genesis(genesis_path)
         # cast: TxFamily declares `family` as a ClassVar, RuleModule as an attribute (as in
         # node.py); the objects are the same rule modules the node loads.
         modules = cast(list[RuleModule], load_modules(self.genesis.module_names))
         self.store = BlockStore.open(db_path)
         self.state = WorldState(self.store.db)
-        writes, root = build_genesis_state(self.genesis, modules)
-        prepared = self.state.prepare(writes, height=0)
-        self.store.init_genesis(self.genesis.hash, root, prepared.ops)
-        self.state.apply_prepared(prepared)
+        writes, _ = build_genesis_state(self.genesis, modules)
         self.executor = Executor(self.genesis.chain_id, modules)
+        if seed is not None:  # extra initial state (benchmarks.scale: many accounts)
+            writes.update(seed(writes, self.executor))
+        prepared = self.state.prepare(writes, height=0)
+        self.store.init_genesis(self.genesis.hash, prepared.root, prepared.ops)
+        self.state.apply_prepared(prepared)
         self.validators = [v.public_key_bytes for v in self.genesis.validators]
         self.keys = {key.public_key: key for key in validator_keys}
         self.chain = Chain(self.genesis, self.store, self.state, self.executor,

@@ -23,7 +23,7 @@ def test_cluster_benchmark_commits_every_tx_and_writes_its_result(tmp_path: Path
     out = tmp_path / "out"
     result = cluster.main(["--validators", "4", "--txs", "240", "--rate", "120",
                            "--duration", "2", "--warmup", "0.3", "--senders", "24",
-                           "--limit-txs", "100", "--out", str(out)])
+                           "--limit-txs", "100", "--cache", "", "--out", str(out)])
 
     written = json.loads((out / "result.json").read_text())
     for name in RESULT_FIELDS:

@@ -1,0 +1,289 @@
+"""How cost grows: with validators, with state size, with chain length.
+
+    python -m benchmarks.scale [--parts validators,state,sync] [--out bench-out/scale]
+        [--validator-counts 4,7,10] [--duration 20] [--warmup 5] [--rate R]
+        [--state-sizes 10000,100000] [--state-txs 2000]
+        [--sync-rate 300] [--sync-duration 20]
+
+validators  benchmarks.cluster for each N (closed loop unless --rate): throughput, latency,
+            CPU per tx, ceiling fraction.
+state       per-tx CPU cost of a validator (benchmarks.limit's pipeline: decode+verify,
+            admission, execute, store) with S funded accounts already in the state, for
+            transfers between random accounts; and the 4-validator ceiling it implies.
+            The accounts are written straight into the genesis state (issuing 1M accounts
+            through transactions would take longer than the measurement).
+sync        a fresh node catching up over the network: N-1 validators (a quorum) build a
+            history under open-loop load while the last one is not running; then it is
+            started with an empty data dir (same command as `testnet up`) and timed until
+            it reaches the others' head. Reports blocks/s and verified tx/s of the catch-up
+            and the seconds per 10k blocks at the measured block size.
+The defaults run in a few minutes on 2 cores. Bigger settings (minutes to an hour):
+    --state-sizes 10000,100000,1000000     --sync-rate 1000 --sync-duration 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cluster
+from benchmarks.common import (
+    CLASS_ID,
+    ISSUE_UNITS,
+    Network,
+    build_workload,
+    fmt,
+    machine,
+    parse_mix,
+    print_table,
+    write_json,
+)
+from benchmarks.limit import STAGES, LimitChain, ceiling_tps
+from ledger.codec import encode
+from ledger.crypto import KeyPair, sha256
+from ledger.executor import Executor
+from ledger.overlay import MemoryKV
+from ledger.rules import BlockContext
+from ledger.tx import sign_tx
+from rpc.client import RpcClient, RpcClientError
+from txtypes.balances import balance_key
+
+SYNC_TIMEOUT_S = 600.0
+
+
+# -- validators -----------------------------------------------------------------------------
+def scale_validators(counts: list[int], base: cluster.Options, out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for count in counts:
+        opts = replace(base, validators=count, out=str(out / f"validators-{count}"))
+        result = cluster.run(opts)
+        rows.append({"validators": count, "tps": result["tps"],
+                     "latency_ms": result["latency_ms"], "cpu_us_per_tx": result["cpu_us_per_tx"],
+                     "cpu_us_per_tx_per_node": result["cpu_us_per_tx_per_node"],
+                     "ceiling_tps": result["ceiling_tps"],
+                     "ceiling_fraction": result["ceiling_fraction"],
+                     "peak_rss_mb": result["peak_rss_mb"], "same_head": result["same_head"]})
+    return rows
+
+
+# -- state size -----------------------------------------------------------------------------
+def _seeded_chain(network_dir: Path, accounts: list[str], db_path: Path) -> LimitChain:
+    """A LimitChain whose genesis state also holds the token class and `accounts` funded."""
+    keys = [KeyPair.load(home / "node_key.json") for home in sorted(network_dir.glob("node*"))]
+    treasury = KeyPair.load(network_dir / "accounts" / "treasury.json")
+
+    def seed(genesis_writes: dict[bytes, bytes | None], executor: Executor
+             ) -> dict[bytes, bytes | None]:
+        base = MemoryKV({k: v for k, v in genesis_writes.items() if v is not None})
+        define = sign_tx(treasury, executor.chain_id, "tokens", "define_class", 0, {
+            "class_id": CLASS_ID, "name": "benchmark token", "budget": 2**61,
+            "categories": ["food"], "transferable": True, "expiry_height": 2**40,
+            "redemption_cents_per_unit": 1})
+        context = BlockContext(executor.chain_id, 1, 1, bytes(32))
+        result = executor.execute_block(base, context, [define])
+        if not all(receipt.ok for receipt in result.receipts):
+            raise SystemExit("could not define the benchmark class for the state-size run")
+        writes = dict(result.writes)
+        units = encode(ISSUE_UNITS)
+        for address in accounts:
+            writes[balance_key(CLASS_ID, address)] = units
+        return writes
+
+    return LimitChain(network_dir / "genesis.json", keys, db_path, seed)
+
+
+def scale_state(sizes: list[int], txs: int, block_txs: int, validators: int, cores: int,
+                workdir: Path) -> list[dict[str, Any]]:
+    network = Network(workdir / "state-net", validators)
+    network.init()
+    rows = []
+    for size in sizes:
+        rng = random.Random(size)
+        senders = [KeyPair(sha256(f"state sender {i}".encode())) for i in range(min(txs, 1000))]
+        others = [sha256(f"state account {i}".encode()).hex()[:40]
+                  for i in range(max(0, size - len(senders)))]
+        accounts = [key.address for key in senders] + others
+        seed_started = time.perf_counter()
+        chain = _seeded_chain(network.out_dir, accounts, workdir / f"state-{size}.db")
+        seed_s = time.perf_counter() - seed_started
+        try:
+            raws: list[bytes] = []
+            nonces = [0] * len(senders)
+            for index in range(txs):
+                who = index % len(senders)
+                raws.append(sign_tx(senders[who], network.chain_id, "tokens", "transfer",
+                                    nonces[who], {"class_id": CLASS_ID,
+                                                  "to": rng.choice(accounts), "amount": 1}).raw)
+                nonces[who] += 1
+            chain.run_block(raws[:block_txs])  # warm-up
+            totals = dict.fromkeys(STAGES, 0.0)
+            measured = raws[block_txs:] or raws
+            for start in range(0, len(measured), block_txs):
+                for stage, seconds in chain.run_block(measured[start:start + block_txs]).items():
+                    totals[stage] += seconds
+        finally:
+            chain.close()
+            shutil.rmtree(workdir / f"state-{size}.db", ignore_errors=True)
+        per_tx = {stage: totals[stage] / len(measured) * 1e6 for stage in STAGES}
+        total = sum(per_tx.values())
+        rows.append({"accounts": size, "seed_s": round(seed_s, 1), "txs": len(measured),
+                     "per_tx_cpu_us": per_tx, "total_cpu_us_per_tx": total,
+                     "ceiling_tps": ceiling_tps(total, validators, cores)})
+        print(f"  state {size:>9,} accounts: {total:,.0f} CPU us/tx "
+              f"(execute {per_tx['execute']:,.0f}, store {per_tx['store']:,.0f}), "
+              f"seeded in {seed_s:.0f} s")
+    return rows
+
+
+# -- sync -----------------------------------------------------------------------------------
+async def _status(url: str) -> dict[str, Any] | None:
+    try:
+        async with RpcClient(url, timeout_s=5) as client:
+            status: dict[str, Any] = await client.call("node_status")
+            return status
+    except (RpcClientError, OSError):
+        return None
+
+
+def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
+               workdir: Path, out: Path) -> dict[str, Any]:
+    import cli  # the spawn function `testnet up` uses, so the late node starts the same way
+
+    network = Network(workdir / "sync-net", validators)
+    network.init()
+    late_home = network.out_dir / f"node{validators - 1}"
+    parked = network.out_dir / f"late-node{validators - 1}"
+    late_home.rename(parked)
+    late = None
+    try:
+        network.start(running=validators - 1)
+        workload = build_workload(network.chain_id, network.account("treasury"),
+                                  network.account("civil-registry"),
+                                  int(rate * duration_s) + 100, senders, validators - 1,
+                                  parse_mix("transfer=1"), 0)
+        urls = network.rpc_urls[:validators - 1]
+        asyncio.run(cluster.submit_setup(urls, workload))
+        opts = cluster.Options(validators=validators - 1, rate=rate, duration_s=duration_s,
+                               warmup_s=0.0)
+        asyncio.run(cluster.drive_load(network, workload, opts, urls))
+        _, heads = asyncio.run(cluster.heads_of(urls))
+        target = int(heads[0]["height"])
+        txs_total = sum(count for _, count in asyncio.run(cluster._blocks(urls[0], target)))
+        late_url = network.rpc_urls[validators - 1]
+        started = time.monotonic()
+        late = cli._spawn_node(parked, "json")
+        ready_s = None
+        synced_s = None
+        while time.monotonic() - started < SYNC_TIMEOUT_S:
+            status = asyncio.run(_status(late_url))
+            if status is not None:
+                if ready_s is None:
+                    ready_s = time.monotonic() - started
+                if int(status["height"]) >= target:
+                    synced_s = time.monotonic() - started
+                    break
+            time.sleep(0.05)
+        same, final_heads = asyncio.run(cluster.heads_of(network.rpc_urls))
+    finally:
+        if late is not None and late.poll() is None:
+            late.terminate()
+            late.wait(timeout=15)
+        network.stop()
+        if (parked / "node.log").exists():  # the catch-up as the late node logged it
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(parked / "node.log", out / "sync-late-node.log")
+    catch_up_s = (synced_s - ready_s) if synced_s is not None and ready_s is not None else None
+    return {
+        "validators": validators, "history_blocks": target, "history_txs": txs_total,
+        "mean_block_txs": txs_total / target if target else 0.0,
+        "startup_s": ready_s, "catch_up_s": catch_up_s, "synced": synced_s is not None,
+        "blocks_per_s": target / catch_up_s if catch_up_s else None,
+        "txs_per_s": txs_total / catch_up_s if catch_up_s else None,
+        "s_per_10k_blocks": catch_up_s / target * 10_000 if catch_up_s and target else None,
+        "same_head_after": same, "heads_after": final_heads,
+    }
+
+
+# -- entry point ----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="validators,state,sync")
+    parser.add_argument("--out", default="bench-out/scale")
+    parser.add_argument("--validator-counts", default="4,7,10")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=None, help="open loop (default closed)")
+    parser.add_argument("--state-sizes", default="10000,100000")
+    parser.add_argument("--state-txs", type=int, default=2000)
+    parser.add_argument("--sync-rate", type=float, default=300.0)
+    parser.add_argument("--sync-duration", type=float, default=20.0)
+    parser.add_argument("--sync-validators", type=int, default=4)
+    args = parser.parse_args(argv)
+    parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+    out = Path(args.out)
+    info = machine()
+    report: dict[str, Any] = {"benchmark": "scale", "machine": info}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        if "validators" in parts:
+            base = cluster.Options(rate=args.rate, duration_s=args.duration,
+                                   warmup_s=args.warmup)
+            report["validators"] = scale_validators(
+                [int(n) for n in args.validator_counts.split(",")], base, out)
+        if "state" in parts:
+            report["state"] = scale_state([int(n) for n in args.state_sizes.split(",")],
+                                          args.state_txs, 1000, 4, info["cores"], workdir)
+        if "sync" in parts:
+            report["sync"] = scale_sync(args.sync_validators, args.sync_rate,
+                                        args.sync_duration, 500, workdir, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_report(report)
+    path = write_json(out, "scale.json", report)
+    print(f"wrote {path}")
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    if "validators" in report:
+        print("scale: validators")
+        print(f"  {'N':>3} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/tx/node':>15} "
+              f"{'ceiling':>8} {'fraction':>9} {'same head':>10}")
+        for row in report["validators"]:
+            latency = row["latency_ms"]
+            print(f"  {row['validators']:>3} {fmt(row['tps']):>8} {fmt(latency['p50']):>8} "
+                  f"{fmt(latency['p99']):>8} {fmt(row['cpu_us_per_tx_per_node']):>15} "
+                  f"{fmt(row['ceiling_tps']):>8} {fmt(row['ceiling_fraction'], 2):>9} "
+                  f"{fmt(row['same_head']):>10}")
+    if "state" in report:
+        print("scale: state size (one validator's per-tx CPU, transfers to random accounts)")
+        print(f"  {'accounts':>10} {'us/tx':>8} {'decode+verify':>14} {'execute':>8} "
+              f"{'store':>6} {'4-node ceiling':>15}")
+        for row in report["state"]:
+            per_tx = row["per_tx_cpu_us"]
+            print(f"  {row['accounts']:>10,} {fmt(row['total_cpu_us_per_tx']):>8} "
+                  f"{fmt(per_tx['decode_verify']):>14} {fmt(per_tx['execute']):>8} "
+                  f"{fmt(per_tx['store']):>6} {fmt(row['ceiling_tps']):>15}")
+    if "sync" in report:
+        sync = report["sync"]
+        print_table("scale: fresh-node sync", [
+            ("history", f"{sync['history_blocks']:,} blocks, {sync['history_txs']:,} txs"),
+            ("synced", fmt(sync["synced"])),
+            ("startup s", fmt(sync["startup_s"], 1)),
+            ("catch-up s", fmt(sync["catch_up_s"], 1)),
+            ("blocks/s, verified tx/s", f"{fmt(sync['blocks_per_s'])}, "
+                                        f"{fmt(sync['txs_per_s'])}"),
+            ("s per 10k blocks (at this block size)", fmt(sync["s_per_10k_blocks"])),
+            ("same head afterwards", fmt(sync["same_head_after"])),
+        ])
+
+
+if __name__ == "__main__":
+    main()
