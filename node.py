@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from consensus.config import ReplicaConfig
 from consensus.events import (
@@ -63,7 +63,6 @@ from ledger.executor import Executor, next_nonce
 from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_genesis
 from ledger.mempool import Mempool, MempoolLimits
 from ledger.record_log import RecordLog
-from ledger.rules import RuleModule
 from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
 from ledger.store import BlockStore, StoreError
@@ -165,7 +164,7 @@ class Node:
             raise NodeError(str(exc)) from exc
         self.state = WorldState(self.store.db)
         self._init_genesis(modules)
-        self.executor = Executor(self.chain_id, cast(list[RuleModule], modules))
+        self.executor = Executor(self.chain_id, modules)
         self.modules = modules
         self.chain = Chain(self.genesis, self.store, self.state, self.executor, self.primary_of)
         self.mempool = Mempool(

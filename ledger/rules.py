@@ -75,7 +75,10 @@ class TxContext:
 class RuleModule(Protocol):
     """A transaction family's rules (DESIGN.md principle 9)."""
 
-    family: str
+    @property
+    def family(self) -> str:
+        """The family name transactions carry; a class attribute in txtypes.base.TxFamily."""
+        ...
 
     @property
     def operations(self) -> Mapping[str, type[BaseModel]]:
