@@ -451,6 +451,7 @@ class _CityDay:
         self.agencies = agencies
         self.quiet = quiet
         self.steps: list[dict[str, Any]] = []
+        self.ids: dict[str, Any] = {}  # what the day created, for querying it afterwards
         self._clients: dict[str, Any] = {}
         self.tag = os.urandom(3).hex()  # keeps ids unique when the demo runs again
 
@@ -555,6 +556,7 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
                   ("amira", "ben", "dana", "erin", "farid", "grocer", "bar", "clock",
                    "meter_erin", "meter_farid", "commuter", "kiosk")}
         addr = {name: key.address for name, key in people.items()}
+        day.ids["addresses"] = addr
 
         # -- morning: residents get identities; social services issues a credential ---------
         residents = ("amira", "ben", "dana", "erin", "farid")
@@ -574,6 +576,9 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
             "expiry_height": height + 100_000})
         day.say(h, f"social services: issues {LOW_INCOME_SCHEMA} credential {credential_id} "
                    "to Amira (only salted hashes of her data go on the ledger)")
+        day.ids.update(credential_id=credential_id, disclosed={
+            "attribute": "household_income_band", "value": "under_30k",
+            "salt": salts["household_income_band"].hex()})
         check = await day.query("credential_verify", credential_id=credential_id,
                                 attribute="household_income_band", value="under_30k",
                                 salt=salts["household_income_band"].hex())
@@ -584,6 +589,7 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
 
         # -- social tokens: defined, issued to the eligible only ------------------------------
         social_class = f"social_{tag}"
+        day.ids["social_class"] = social_class
         height = await day.height()
         h, _ = await day.send("define social token", treasury, "tokens", "define_class", {
             "class_id": social_class, "name": "Social welfare token", "budget": 50_000,
@@ -630,6 +636,7 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
 
         # -- city pay: a transferable token for wages and energy -----------------------------
         pay_class = f"citypay_{tag}"
+        day.ids["pay_class"] = pay_class
         height = await day.height()
         h, _ = await day.send("define city pay", treasury, "tokens", "define_class", {
             "class_id": pay_class, "name": "City pay", "budget": 10_000_000,
@@ -658,6 +665,7 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
                 "worker": addr["dana"], "rate_per_hour": 20, "budget": 200,
                 "period_end_height": period_end, "time_clock": addr["clock"]}})
         contract_id = receipt["result"]["contract_id"]
+        day.ids["contract_id"] = contract_id
         day.say(h, f"community centre hires Dana: hourly_work contract {contract_id}, "
                    f"20/h, 200 escrowed, pay day at block {period_end}")
         h, _ = await day.send("clock records time", people["clock"], "contracts", "act", {
@@ -724,6 +732,7 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
                                    "both expire and are placed again")
         else:
             raise CliError("demo: could not place the offer and the bid in one market interval")
+        day.ids["market"] = {"zone": DEMO_ZONE, "interval": interval}
         day.say(h_offer, "Erin offers 4000 Wh at 30/kWh; Farid bids for 3000 Wh at 40/kWh "
                          f"(locks {bid['result']['locked']})")
         market = await day.query("energy_market", zone=DEMO_ZONE, interval=interval)
@@ -742,13 +751,15 @@ async def _city_day(args: argparse.Namespace) -> _CityDay:
                 "1000 Wh go back to Erin's surplus")
         day.say(await day.height(), "the city's day is on the ledger; every step above is in a "
                                     "committed block")
+        day.say(None, f"look around: cityledger query token_class_get {social_class} "
+                      f"--rpc {args.rpc}; cityledger query contract_get {contract_id} ...")
         return day
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     day = asyncio.run(_city_day(args))
     if getattr(args, "json", False):
-        _emit(args, {"ok": True, "run": day.tag, "steps": day.steps})
+        _emit(args, {"ok": True, "run": day.tag, "steps": day.steps, "ids": day.ids})
 
 
 def _tx_epilog() -> str:
