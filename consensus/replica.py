@@ -22,7 +22,8 @@ Actions:
                                   same list ("persist before you speak")
     Compact(records)              may atomically replace all stored records with these
     BuildProposal(view, seq, request digests)       primary only
-    ValidateProposal(view, seq, digest, payload)    the PREPARE is sent only after ok=True
+    ValidateProposal(view, seq, digest, payload)    the PREPARE is sent only after ok=True;
+                                  for a seq the node already executed, ok = same block
     Execute(seq, view, digest, payload, certificate) strictly in seq order; payload b""
                                   is a null proposal (no-op, still answer Executed);
                                   after a restart the node may see a seq again that it
@@ -475,9 +476,10 @@ class Replica:
             ok = None
         for request in requests or []:
             self._mark_in_flight(request, slot.seq)
-        if slot.seq <= self.last_issued:
-            # Already executed here: only the digest executed may be prepared again.
-            ok = slot.committed is not None and slot.committed.digest == pp.digest
+        if slot.seq <= self.last_issued and slot.committed is not None:
+            # Already executed here: only the digest executed may be prepared again. (After
+            # a restart the certificate is gone; then the node answers from its store.)
+            ok = slot.committed.digest == pp.digest
         if ok is None:
             slot.validation = "pending"
             self._out.append(ValidateProposal(self.view, slot.seq, pp.digest, pp.payload))

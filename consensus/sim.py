@@ -387,6 +387,8 @@ class Simulation:
                      ProposalBuilt(action.view, action.seq, payload))
         elif isinstance(action, ValidateProposal):
             ok = self._valid(action.seq, action.payload)
+            if action.seq in host.store:  # already executed: only that very block is valid
+                ok = host.store[action.seq][0] == action.digest
             self._at(self.now + self.rng.randint(0, 2), host.hid, "validated",
                      ProposalValidated(action.view, action.seq, action.digest, ok))
         elif isinstance(action, Execute):

@@ -178,6 +178,8 @@ class Cluster:
                 node.validations.append(action)
                 if self.auto_validate:
                     ok = action.payload not in self.invalid
+                    if action.seq <= len(node.executed):
+                        ok = node.executed[action.seq - 1].digest == action.digest
                     self.step(index, ProposalValidated(action.view, action.seq, action.digest, ok))
             elif isinstance(action, Execute):
                 self._execute(index, action)

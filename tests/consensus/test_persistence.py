@@ -146,3 +146,22 @@ def test_restore_ignores_nothing_it_persisted_across_many_crashes() -> None:
     histories = {tuple(cluster.digests(i)) for i in range(4)}
     assert len(histories) == 1
     assert cluster.requests_executed(0) == [request(n) for n in range(8)]
+
+
+def test_restarted_replica_prepares_a_reproposal_of_a_block_it_already_executed() -> None:
+    cluster = Cluster()
+    # Only replica 2 receives the commits: it alone executes seq 1.
+    cluster.filter = lambda src, dst, m: None if isinstance(m, Commit) and dst != 2 else m
+    cluster.submit(0)
+    cluster.run()
+    assert [len(cluster.nodes[i].executed) for i in range(4)] == [0, 0, 1, 0]
+    cluster.crash(2)
+    cluster.restart(2)  # its commit certificate for seq 1 is gone, its store is not
+    cluster.crash(0)
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    # Replicas 1 and 3 need replica 2's prepare for the re-proposal of seq 1.
+    for index in (1, 2, 3):
+        assert cluster.digests(index) == cluster.digests(2)
+        assert len(cluster.nodes[index].executed) == 1
