@@ -233,8 +233,13 @@ async def drive_load(network: Network, workload: Workload, opts: Options,
     return drive
 
 
-async def heads_of(urls: list[str], settle_s: float = 20.0) -> tuple[bool, list[dict[str, Any]]]:
-    """Wait until every node reports the same height, then compare head hashes."""
+async def heads_of(urls: list[str], settle_s: float = 45.0
+                   ) -> tuple[bool, list[dict[str, Any]]]:
+    """Wait (up to `settle_s`) until every node reports one height, then compare head hashes.
+
+    Each head also carries `hash_at_common`: the node's block hash at the lowest height
+    any node reached, so a lagging node can still be checked for agreement.
+    """
     deadline = time.monotonic() + settle_s
     heads: list[dict[str, Any]] = []
     while True:
@@ -245,7 +250,16 @@ async def heads_of(urls: list[str], settle_s: float = 20.0) -> tuple[bool, list[
             heads.append({"height": status["height"], "hash": status["last_block_hash"]})
         if len({h["height"] for h in heads}) == 1 or time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.25)
+    common = min(int(h["height"]) for h in heads)
+    for url, head in zip(urls, heads, strict=True):
+        head["common_height"] = common
+        if common == 0:
+            head["hash_at_common"] = None
+            continue
+        async with RpcClient(url, timeout_s=10) as client:
+            block = await client.call("block_get", height=common)
+        head["hash_at_common"] = block["hash"]
     same = len({(h["height"], h["hash"]) for h in heads}) == 1
     return same, heads
 
@@ -375,6 +389,7 @@ def run(opts: Options) -> dict[str, Any]:
         "ceiling_tps": ceiling,
         "ceiling_fraction": summary["tps"] / ceiling if ceiling else None,
         "same_head": same_head,
+        "agree_at_common_height": len({h["hash_at_common"] for h in heads}) == 1,
         "heads": heads,
         "height": int(heads[0]["height"]),
         "phases_s": phases,
@@ -400,7 +415,10 @@ def report(result: dict[str, Any]) -> None:
         ("peak RSS MB (max node)", fmt(result["peak_rss_mb"], 1)),
         ("ceiling tx/s (limit, this run)", fmt(result["ceiling_tps"])),
         ("fraction of ceiling", fmt(result["ceiling_fraction"], 2)),
-        ("same head on every node", fmt(result["same_head"])),
+        ("same head on every node", fmt(result["same_head"]) + (
+            "" if result["same_head"] else
+            f" (heights {[h['height'] for h in result['heads']]}; agree at "
+            f"{result['heads'][0]['common_height']}: {fmt(result['agree_at_common_height'])})")),
         ("submitted / committed", f"{result['submitted']:,} / {result['committed']:,}"),
         ("errors", json.dumps(result["errors"]) if result["errors"] else "none"),
     ]

@@ -48,6 +48,13 @@ READY_TIMEOUT_S = 30.0
 
 
 # -- one node (a child process) ----------------------------------------------------------
+def _publish(path: Path, text: str) -> None:
+    """Write then rename, so the parent never reads half a file."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def serve(index: int, ports: list[int], work: Path, txs: int, duration_s: float,
           in_flight_max: int, value_bytes: int) -> None:
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
@@ -78,7 +85,7 @@ def serve(index: int, ports: list[int], work: Path, txs: int, duration_s: float,
         result.update(_drive(node, FAIL_REASON.SUCCESS, txs, duration_s, in_flight_max,
                              value_bytes, work))
         target = result["committed"]
-        (work / "target").write_text(str(target))
+        _publish(work / "target", str(target))
     else:
         result["role"] = "follower"
         target = -1
@@ -92,7 +99,7 @@ def serve(index: int, ports: list[int], work: Path, txs: int, duration_s: float,
     while node.applied < target and time.monotonic() < settle:
         time.sleep(0.05)
     result.update({"applied": node.applied, "digest": node.digest.hex()})
-    (work / f"result{index}.json").write_text(json.dumps(result))
+    _publish(work / f"result{index}.json", json.dumps(result))
     # Stay up until every node has reported: followers catch up from the leader.
     settle = time.monotonic() + 60
     while len(list(work.glob("result*.json"))) < len(addresses) and time.monotonic() < settle:
@@ -120,7 +127,7 @@ def _drive(node: Any, success: int, txs: int, duration_s: float, in_flight_max: 
             slots.release()
         return done
 
-    (work / "started").write_text(str(time.time()))
+    _publish(work / "started", str(time.time()))
     started = time.time()
     end = started + duration_s
     submitted = 0
