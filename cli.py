@@ -366,11 +366,17 @@ def _block_text(block: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _hash_arg(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise CliError(f"{text!r} is not a hash (64 hex characters)")
+    return text.lower()
+
+
 def cmd_query_block(args: argparse.Namespace) -> None:
     if args.hash is not None:
         if args.which != "latest":
             raise CliError("give a HEIGHT or --hash, not both")
-        block = _rpc_call(args, "block_get", hash=args.hash.lower())
+        block = _rpc_call(args, "block_get", hash=_hash_arg(args.hash))
     elif args.which == "latest":
         block = _rpc_call(args, "block_latest")
     elif _INT_TEXT.match(args.which) and int(args.which) >= 0:
@@ -381,7 +387,7 @@ def cmd_query_block(args: argparse.Namespace) -> None:
 
 
 def cmd_query_tx(args: argparse.Namespace) -> None:
-    result = _rpc_call(args, "tx_get", hash=args.hash.lower())
+    result = _rpc_call(args, "tx_get", hash=_hash_arg(args.hash))
     receipt = result.get("receipt")
     if receipt is None:
         _emit(args, result, f"tx {result['hash']}: {result['status']}")

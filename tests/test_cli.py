@@ -265,3 +265,11 @@ def test_demo_without_accounts_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     code, _, err = run(["demo", "--accounts", str(tmp_path), "--rpc", closed_port_url()], capsys)
     assert code == 1
     assert_one_line_error(err)
+
+
+@pytest.mark.parametrize("argv", [["query", "tx", "abc"], ["query", "block", "--hash", "zz"]])
+def test_malformed_hash_is_refused_before_any_request(argv: list[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run([*argv, "--rpc", closed_port_url()], capsys)
+    assert code == 1
+    assert_one_line_error(err, "is not a hash")
