@@ -9,6 +9,7 @@ optional family mix) so that signing is never inside a measured window.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -58,7 +59,7 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
     return ordered[rank]
 
 
