@@ -166,6 +166,51 @@ def test_demo_plays_a_city_day_and_every_node_agrees(network: Network) -> None:
     assert len(hashes) == 1
 
 
+def test_demo_runs_again_and_its_records_answer_every_family_read(network: Network) -> None:
+    # A second day on the same chain: fresh ids, so nothing collides with the first run.
+    result = cli("--json", "demo", "--rpc", network.rpc_urls[1], "--accounts",
+                 str(network.accounts), timeout_s=DEMO_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and len(report["steps"]) >= 20
+    ids, people = report["ids"], report["ids"]["addresses"]
+    with SyncRpcClient(network.rpc_urls[2]) as client:
+        amira = client.call("identity_get", did=f"did:city:{people['amira']}")
+        assert amira["credentials"] == [ids["credential_id"]]
+        credential = client.call("credential_get", credential_id=ids["credential_id"])
+        assert credential["schema"] == "low_income_eligibility" and not credential["revoked"]
+        disclosed = ids["disclosed"]
+        assert client.call("credential_verify", credential_id=ids["credential_id"],
+                           **disclosed)["valid"] is True
+        wrong = client.call("credential_verify", credential_id=ids["credential_id"],
+                            **{**disclosed, "value": "over_100k"})
+        assert wrong["valid"] is False and "does not match" in wrong["reason"]
+        past = client.call("credential_verify", credential_id=ids["credential_id"],
+                           at_height=credential["expiry_height"], **disclosed)
+        assert past["valid"] is False and "expired" in past["reason"]
+        social = client.call("token_class_get", class_id=ids["social_class"])
+        assert social["supply"] == {"issued": 300, "redeemed": 120, "burned": 0,
+                                    "outstanding": 180}
+        assert client.call("token_balance", class_id=ids["social_class"],
+                           holder=people["amira"])["balance"] == 180
+        grocer = client.call("merchant_get", address=people["grocer"])
+        assert grocer["category"] == "food" and grocer["owed_cents"] == 0
+        contract = client.call("contract_get", contract_id=ids["contract_id"])
+        assert (contract["status"], contract["held"]) == ("closed", 0)
+        assert client.call("token_balance", class_id=ids["pay_class"],
+                           holder=contract["escrow_account"])["balance"] == 0
+        market = client.call("energy_market", **ids["market"])
+        [cleared] = [m for m in market["markets"] if m["class_id"] == ids["pay_class"]]
+        assert (cleared["status"], cleared["traded_wh"]) == ("cleared", 3000)
+        assert client.call("token_balance", class_id=ids["pay_class"],
+                           holder=market["account"])["balance"] == 0
+        meter = client.call("meter_get", meter_id=people["meter_erin"])
+        assert meter["sold_wh"] == 3000 and meter["unsold_surplus_wh"] == 2000
+        with pytest.raises(RpcClientError) as missing:
+            client.call("meter_get", meter_id=people["erin"])
+        assert missing.value.name == "not_found"
+
+
 def test_demo_stops_with_one_line_when_a_step_fails(network: Network, tmp_path: Path) -> None:
     # The "treasury" key here is really the utility's: defining a token class is refused.
     accounts = tmp_path / "accounts"
@@ -267,6 +312,10 @@ def test_cli_tx_and_queries_against_the_network(network: Network, tmp_path: Path
 
 def test_family_reads_answer_over_json_rpc(network: Network) -> None:
     with SyncRpcClient(network.rpc_urls[3]) as client:
+        with pytest.raises(RpcClientError) as missing:
+            client.call("governance_proposal_get", proposal_id=10**6)
+        assert missing.value.name == "not_found" and missing.value.data == {
+            "proposal_id": 10**6}
         proposals = client.call("governance_proposals", status="open")
         assert isinstance(proposals, list)
         roles = client.call("governance_roles", role="treasury")
