@@ -850,16 +850,17 @@ class Replica:
         self._check_new_view_quorum()
 
     def _on_view_change(self, vc: ViewChange) -> None:
-        if vc.new_view < self.view:
-            return
-        if not self.in_view_change:
-            # A replica asking to leave the view we run may just be behind: say how far we
-            # got, and if it asks for the view we run, the primary repeats its NEW-VIEW.
+        if not self.in_view_change and vc.sender != self.me:
+            # A replica asking to leave the view we run, or stuck in an older view change,
+            # may just be behind: say how far we got; the primary repeats its NEW-VIEW.
+            # (Replies are bounded by the asker's own timer; the transport rate-limits peers.)
             self._send_status(vc.sender)
-            if vc.new_view == self.view:
+            if vc.new_view <= self.view:
                 if self.own_new_view is not None and self.own_new_view.view == self.view:
                     self._out.append(Send(vc.sender, self.own_new_view))
                 return
+        if vc.new_view <= self.view and not (vc.new_view == self.view and self.in_view_change):
+            return
         known = self.view_changes.get(vc.sender)
         if known is not None and known.new_view >= vc.new_view:
             return

@@ -246,3 +246,49 @@ def test_a_new_view_from_a_replica_that_is_not_the_new_primary_is_ignored() -> N
     forged = cluster.sign_as(2, replace(held[0], sender=2))
     cluster.replica(3).step(MessageReceived(2, forged))
     assert cluster.replica(3).in_view_change
+
+
+def test_a_replica_that_missed_the_new_view_gets_it_again_by_repeating_its_view_change() -> None:
+    cluster = Cluster()
+    cluster.crash(0)
+    cluster.submit(0)
+    # Replica 3 hears neither the others' view changes nor the NEW-VIEW.
+    cluster.filter = lambda src, dst, m: None if dst == 3 and isinstance(m, ViewChange | NewView) else m
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()
+    assert cluster.replica(1).view == 1 and not cluster.replica(1).in_view_change
+    assert cluster.replica(3).in_view_change and cluster.replica(3).view == 1
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER, [3])  # too few view changes to move on: it repeats its own
+    cluster.run()
+    assert cluster.replica(3).view == 1 and not cluster.replica(3).in_view_change
+    assert cluster.digests(3) == cluster.digests(1) and len(cluster.digests(3)) == 1
+
+
+def test_a_replica_stuck_in_an_older_view_change_is_brought_into_the_current_view() -> None:
+    cluster = Cluster(n=7)
+    cluster.crash(0)
+    cut_off = {6}
+    cluster.filter = lambda src, dst, m: (
+        None if dst in cut_off and isinstance(m, ViewChange | NewView) else m)
+    cluster.submit(0)
+    cluster.fire(PROGRESS_TIMER)
+    cluster.run()  # replicas 1..5 install view 1; replica 6 waits alone in its view change
+    assert cluster.replica(6).in_view_change and cluster.replica(6).view == 1
+    # View 1 stops making progress (prepares lost): replicas 1..5 move on to view 2.
+    cluster.filter = lambda src, dst, m: (
+        None if (dst in cut_off and isinstance(m, ViewChange | NewView)) or isinstance(m, Prepare)
+        else m)
+    cluster.submit(1, to=[1, 2, 3, 4, 5])
+    cluster.run()
+    cluster.fire(PROGRESS_TIMER, [1, 2, 3, 4, 5])
+    cluster.filter = lambda src, dst, m: (
+        None if dst in cut_off and isinstance(m, ViewChange | NewView) else m)
+    cluster.run()
+    assert all(cluster.replica(i).view == 2 and not cluster.replica(i).in_view_change
+               for i in range(1, 6))
+    assert cluster.replica(6).view == 1
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER, [6])  # it repeats its view change for the old view 1 ...
+    cluster.run()  # ... and the primary of view 2 answers with its NEW-VIEW
+    assert cluster.replica(6).view == 2 and not cluster.replica(6).in_view_change
