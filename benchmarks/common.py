@@ -213,6 +213,19 @@ class Network:
                 seconds.append(float("nan"))
         return seconds
 
+    def node_main_thread_cpu_s(self) -> float:
+        """CPU seconds of the nodes' main (event loop) threads, summed; the rest of a
+        node's CPU is its worker threads (signature checks)."""
+        total = 0.0
+        for proc in self.nodes:
+            try:
+                for thread in proc.threads():
+                    if thread.id == proc.pid:
+                        total += thread.user_time + thread.system_time
+            except psutil.Error:
+                pass
+        return total
+
     def node_peak_rss_mb(self) -> list[float]:
         """Peak resident set size per node (Linux VmHWM; current RSS elsewhere)."""
         peaks = []
