@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import random
 import shutil
 import signal
 import socket
@@ -56,13 +57,34 @@ class RpcError(Exception):
         self.data = data
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports the kernel just handed out (bound together, then freed)."""
-    sockets = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now, checked by binding them together.
+
+    They are drawn below the kernel's ephemeral range: a port the kernel hands out for
+    port 0 can be handed out again as the source port of some outgoing connection (the
+    validators dial each other all the time) before our node binds it. Ports below the
+    range are only ever taken by an explicit bind, and the bind check skips those in use.
+    """
+    low, _ = _ephemeral_range()
+    first, last = (10000, low - 1) if low > 12000 else (low, 65535)
+    rng = random.Random()
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", rng.randint(first, last)))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:
@@ -434,8 +456,8 @@ class Cluster:
         assert acked, "no acknowledged transactions to check"
         items = sorted(acked.items())
         for node in chosen:
-            for start in range(0, len(items), 200):
-                chunk = items[start:start + 200]
+            for start in range(0, len(items), 100):
+                chunk = items[start:start + 100]
                 results = rpc_batch(node.rpc_url, [("tx_get", {"hash": h}) for h, _ in chunk])
                 for (tx_hash, height), result in zip(chunk, results, strict=True):
                     assert not isinstance(result, RpcError), \
