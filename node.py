@@ -47,6 +47,7 @@ from consensus.events import (
     ProposalValidated,
     ReportEvidence,
     RequestReceived,
+    RequestWithdrawn,
     Send,
     SetTimer,
     TimerFired,
@@ -82,6 +83,8 @@ TICK_MS = 10
 FORWARD_BATCH_TXS_MAX = 1000
 FETCH_SEQS_MAX = 32
 FETCH_BYTES_MAX = 6 * 1024 * 1024
+TIP_INTERVAL_S = 1.0
+CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
 
@@ -181,6 +184,9 @@ class Node:
         self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()
         self._deferred: dict[int, ValidateProposal] = {}
+        self._withdrawn: set[bytes] = set()
+        self._peer_seq: dict[bytes, int] = {}
+        self._last_catch_up_s = 0.0
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._forward: list[bytes] = []
         self._jobs: asyncio.Queue[Action] = asyncio.Queue()
@@ -280,7 +286,8 @@ class Node:
             "primary": self.names[self.primary_of(view)],
             "validators": [self.names[v] for v in self.validators],
             "connected_peers": sorted(self.names[p] for p in connected),
-            "syncing": self.replica.fetch_target > self.executed_seq,
+            "syncing": max([self.replica.fetch_target, *self._peer_seq.values()])
+            > self.executed_seq + 1,
             "mempool_txs": len(self.mempool),
             "evidence": len(self.evidence),
             "halted": self.halted,
@@ -370,6 +377,8 @@ class Node:
                 self._on_forwarded_txs(message.get("txs"))
             elif kind == "fetch":
                 self._serve_fetch(peer, message)
+            elif kind == "tip":
+                self._on_peer_tip(peer, message.get("seq"))
             elif kind == "fetched":
                 self._on_fetched(message.get("items"))
             else:
@@ -443,12 +452,24 @@ class Node:
             self.speculations.popitem(last=False)
 
     def _build(self, action: BuildProposal) -> None:
+        """Answer BuildProposal; an empty payload tells the replica there is nothing to build."""
         if action.seq != self.executed_seq + 1:
             log.info("not building seq %d: executed only to %d", action.seq, self.executed_seq)
+            self.feed(ProposalBuilt(action.view, action.seq, b""))
             return
         reader = self.state.reader()
         txs = self.mempool.select(self.genesis.consensus.batch_txs_max, PROPOSAL_BYTES_MAX,
                                   lambda address: next_nonce(reader, address))
+        if not txs:
+            # What the replica asked for was dropped or waits on a nonce gap: withdraw it
+            # rather than propose empty blocks; what is still pooled is offered again after
+            # the next commit.
+            for digest in action.requests:
+                if digest in self.mempool:
+                    self._withdrawn.add(digest)
+                self.feed(RequestWithdrawn(digest))
+            self.feed(ProposalBuilt(action.view, action.seq, b""))
+            return
         speculation = self.chain.build(action.view, self.key.public_key, txs, _now_ms())
         self._remember(speculation)
         self.feed(ProposalBuilt(action.view, action.seq, speculation.block.encode()))
@@ -513,8 +534,13 @@ class Node:
         self.mempool.remove(hashes)
         self.verifier.forget(hashes)
         reader = self.state.reader()
-        self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
-                                 lambda address: next_nonce(reader, address))
+        for stale in self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
+                                              lambda address: next_nonce(reader, address)):
+            self.feed(RequestWithdrawn(stale))
+        withdrawn, self._withdrawn = self._withdrawn, set()
+        for digest in withdrawn:
+            if digest in self.mempool:
+                self.feed(RequestReceived(digest))
         for index, (tx, receipt) in enumerate(zip(speculation.txs, speculation.result.receipts,
                                                   strict=True)):
             self.waiters.resolve(tx.hash, {"hash": tx.hash.hex(), "height": height,
@@ -553,6 +579,27 @@ class Node:
                 "signatures": [list(pair) for pair in cert.signatures]}})
         if items and self.p2p is not None:
             self.p2p.send(peer, {"k": "fetched", "items": items})
+
+    def _announce_tip(self) -> None:
+        """Tell peers how far this node has executed, so an idle laggard still catches up.
+
+        Consensus only reveals that a replica is behind through later traffic (checkpoints,
+        votes); on a quiet network a restarted or wiped node would wait for it forever.
+        """
+        if self.p2p is not None:
+            self.p2p.broadcast({"k": "tip", "seq": self.executed_seq})
+
+    def _on_peer_tip(self, peer: bytes, seq: Any) -> None:
+        if type(seq) is not int or seq < 0:
+            raise MessageError("tip needs a sequence number")
+        self._peer_seq[peer] = seq
+        now = time.monotonic()
+        if seq > self.executed_seq and now - self._last_catch_up_s >= CATCH_UP_INTERVAL_S \
+                and self.p2p is not None:
+            self._last_catch_up_s = now
+            first = self.executed_seq + 1
+            self.p2p.send(peer, {"k": "fetch", "from": first,
+                                 "to": min(seq, first + FETCH_SEQS_MAX - 1)})
 
     def _on_fetched(self, items: Any) -> None:
         if not isinstance(items, list):
@@ -595,9 +642,13 @@ class Node:
         self.perform(self.replica.start())
         log.info("node %s up: chain %s height %d, p2p %s, rpc %s", self.config.node_name,
                  self.chain_id, self.store.tip()[0], self.config.p2p_listen, rpc.url)
+        next_tip_s = 0.0
         try:
             while not stop.is_set():
                 self._flush_forward()
+                if time.monotonic() >= next_tip_s:
+                    self._announce_tip()
+                    next_tip_s = time.monotonic() + TIP_INTERVAL_S
                 if worker.done():
                     worker.result()  # a crashed job worker is a programmer error: surface it
                 with contextlib.suppress(TimeoutError):
