@@ -53,7 +53,7 @@ from consensus.events import (
     TimerFired,
     ValidateProposal,
 )
-from consensus.messages import MessageError, decode_message, encode_message
+from consensus.messages import NULL_DIGEST, MessageError, decode_message, encode_message
 from consensus.records import decode_record, encode_record
 from consensus.replica import Replica
 from ledger.block import Block, BlockError, CommitCertificate
@@ -478,8 +478,19 @@ class Node:
         if action.seq > self.executed_seq + 1:
             self._deferred[action.seq] = action  # its parent is not executed yet
             return
-        ok = await self._speculate(action.payload, action.digest, now_ms=_now_ms()) is not None
+        if action.seq <= self.executed_seq:
+            # A re-proposal of a sequence executed here: valid only if it is what we executed.
+            ok = self._executed_digest(action.seq) == action.digest
+        else:
+            ok = await self._speculate(action.payload, action.digest,
+                                       now_ms=_now_ms()) is not None
         self.feed(ProposalValidated(action.view, action.seq, action.digest, ok))
+
+    def _executed_digest(self, seq: int) -> bytes | None:
+        found = self.sequences.committed_range(seq, seq, FETCH_BYTES_MAX)
+        if not found or found[0].seq != seq:
+            return None
+        return found[0].block.hash if found[0].block is not None else NULL_DIGEST
 
     async def _speculate(self, payload: bytes, digest: bytes,
                          now_ms: int | None) -> Speculation | None:
