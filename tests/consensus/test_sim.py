@@ -99,3 +99,10 @@ def test_runner_prints_a_summary_and_fails_on_violations(capsys: pytest.CaptureF
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("seeds=5 safety_violations=") and "safety_violations=0" not in out[-1]
     assert any(line.startswith("nodes=4 seed=") and "SAFETY" in line for line in out)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("CITYLEDGER_SOAK") != "1", reason="long run: CITYLEDGER_SOAK=1")
+@pytest.mark.parametrize("nodes", [4, 7])
+def test_soak_two_thousand_more_seeds(nodes: int) -> None:
+    _assert_clean([run_seed(seed, nodes=nodes) for seed in range(100_000, 102_000)])
