@@ -56,6 +56,7 @@ from rpc.client import RpcClient
 BATCH_CALLS_MAX = 100  # rpc.jsonrpc.BATCH_CALLS_MAX
 TICK_S = 0.010
 SAMPLE_S = 0.25
+RSS_SAMPLE_S = 5.0
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -103,6 +104,7 @@ class Drive:
     batches: list[Batch] = field(default_factory=list)
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (time, node CPU s)
     main_cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # loop threads
+    rss_samples: list[tuple[float, list[float]]] = field(default_factory=list)  # every ~5 s
     backlog_skips: int = 0
 
 
@@ -145,6 +147,9 @@ async def _sample_cpu(network: Network, drive: Drive, stop: asyncio.Event) -> No
         now = time.time()
         drive.cpu_samples.append((now, sum(network.node_cpu_s())))
         drive.main_cpu_samples.append((now, network.node_main_thread_cpu_s()))
+        last_rss_s = drive.rss_samples[-1][0] if drive.rss_samples else 0.0
+        if stop.is_set() or now - last_rss_s >= RSS_SAMPLE_S:
+            drive.rss_samples.append((now, network.node_rss_mb()))
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -294,6 +299,11 @@ def _cpu_at(samples: list[tuple[float, float]], at_s: float) -> float:
     return before[1] + fraction * (after[1] - before[1])
 
 
+def _rss_growth(samples: list[tuple[float, list[float]]], after_s: float) -> float | None:
+    steady = [max(sizes) for t, sizes in samples if t >= after_s]
+    return round(steady[-1] - steady[0], 1) if len(steady) >= 2 else None
+
+
 def summarize(drive: Drive, blocks: list[tuple[int, int]], setup_height: int,
               opts: Options) -> dict[str, Any]:
     window_start = drive.started_s + opts.warmup_s
@@ -341,6 +351,11 @@ def summarize(drive: Drive, blocks: list[tuple[int, int]], setup_height: int,
         "backlog_skipped": drive.backlog_skips,
         "errors": dict(errors),
         "timeline_blocks_txs_per_s": [timeline[k] for k in sorted(timeline)],
+        # Memory over the run: [seconds since start, max RSS over nodes]; growth is the
+        # change of the largest node between the end of warm-up and the end.
+        "rss_mb_timeline": [[round(t - drive.started_s, 1), round(max(sizes), 1)]
+                            for t, sizes in drive.rss_samples],
+        "rss_growth_mb": _rss_growth(drive.rss_samples, window_start),
     }
 
 
@@ -431,6 +446,7 @@ def report(result: dict[str, Any]) -> None:
         ("CPU us/tx (all nodes)", fmt(result["cpu_us_per_tx"])),
         ("CPU us/tx per validator", fmt(result["cpu_us_per_tx_per_node"])),
         ("peak RSS MB (max node)", fmt(result["peak_rss_mb"], 1)),
+        ("RSS growth after warm-up MB", fmt(result["rss_growth_mb"], 1)),
         ("ceiling tx/s (limit, this run)", fmt(result["ceiling_tps"])),
         ("fraction of ceiling", fmt(result["ceiling_fraction"], 2)),
         ("same head on every node", fmt(result["same_head"]) + (

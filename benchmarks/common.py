@@ -226,6 +226,16 @@ class Network:
                 pass
         return total
 
+    def node_rss_mb(self) -> list[float]:
+        """Current resident set size per node."""
+        sizes = []
+        for proc in self.nodes:
+            try:
+                sizes.append(proc.memory_info().rss / 2**20)
+            except psutil.Error:
+                sizes.append(float("nan"))
+        return sizes
+
     def node_peak_rss_mb(self) -> list[float]:
         """Peak resident set size per node (Linux VmHWM; current RSS elsewhere)."""
         peaks = []
