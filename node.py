@@ -293,6 +293,13 @@ class Node:
             "halted": self.halted,
         }
 
+    async def _health(self) -> dict[str, Any]:
+        """GET /health: "ok" only when this node can serve current answers."""
+        status = self.status()
+        state = "halted" if self.halted else "syncing" if status["syncing"] else "ok"
+        return {"status": state, "height": status["height"], "view": status["view"],
+                "connected_peers": len(status["connected_peers"])}
+
     # -- the event loop side --------------------------------------------------------------
     def feed(self, event: Event) -> None:
         """Step the replica and perform what it asks; the only caller of `step`."""
@@ -544,6 +551,11 @@ class Node:
         hashes = [tx.hash for tx in speculation.txs]
         self.mempool.remove(hashes)
         self.verifier.forget(hashes)
+        for digest in hashes:
+            # Gossip can re-announce a tx between the replica issuing its Execute and this
+            # commit; such a request would otherwise stay pending in the replica forever.
+            if digest in self.replica.pending:
+                self.feed(RequestWithdrawn(digest))
         reader = self.state.reader()
         for stale in self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
                                               lambda address: next_nonce(reader, address)):
@@ -646,8 +658,9 @@ class Node:
 
         extra = {name: (model, family_read(name, query), doc)
                  for name, (model, query, doc) in FAMILY_QUERIES.items()}
-        app = create_rpc_app(build_node_methods(self, extra=extra),
-                             body_bytes_max=self.config.rpc_body_bytes_max)
+        app = create_rpc_app(
+            build_node_methods(self, extra=extra, wait_timeout_s=self.config.tx_wait_timeout_s),
+            body_bytes_max=self.config.rpc_body_bytes_max, health=self._health)
         rpc = await start_rpc_server(app, host, port)
         worker = asyncio.create_task(self._job_worker(), name="jobs")
         self.perform(self.replica.start())

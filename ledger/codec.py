@@ -120,6 +120,17 @@ def decode(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> Any:
     return value
 
 
+def decode_stored(data: bytes) -> Any:
+    """Decode bytes this node itself wrote with `encode` (its state and store).
+
+    They were canonical when written and LevelDB returns them intact, so the strict
+    checks of `decode` (canonical re-encoding, float walk) are skipped on this hot path;
+    every byte that comes from outside goes through `decode`.
+    """
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
+                           ext_hook=_reject_ext)
+
+
 def decode_map(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> dict[str, Any]:
     """Decode canonical bytes that must hold a map."""
     value = decode(data, max_bytes=max_bytes)

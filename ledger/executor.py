@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ledger.codec import decode, encode
+from ledger.codec import decode_stored, encode
 from ledger.errors import CodecError, InvariantViolation, invariant
 from ledger.overlay import KeyValueReader, Overlay
 from ledger.receipt import Receipt, receipts_root
@@ -53,7 +53,7 @@ def next_nonce(state: KeyValueReader, address: str) -> int:
     raw = state.get(nonce_key(address))
     if raw is None:
         return 0
-    value = decode(raw)
+    value = decode_stored(raw)
     invariant(type(value) is int and value >= 0, f"corrupt nonce record for {address}")
     result: int = value
     return result

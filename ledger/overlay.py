@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Protocol
 
-from ledger.codec import decode, encode
+from ledger.codec import decode_stored, encode
 from ledger.errors import invariant
 
 _DELETED = None  # a pending delete is stored as None in `writes`
@@ -88,7 +88,7 @@ class Overlay:
 
     def get_obj(self, key: bytes) -> Any | None:
         raw = self.get(key)
-        return None if raw is None else decode(raw)
+        return None if raw is None else decode_stored(raw)
 
     # -- writes -----------------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:

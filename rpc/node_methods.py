@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from ledger.block import Block, CommitCertificate
 from ledger.codec import decode
+from ledger.crypto import sha256
 from ledger.errors import CodecError
 from ledger.executor import next_nonce
 from ledger.genesis import Genesis
@@ -22,7 +23,7 @@ from ledger.mempool import Mempool
 from ledger.receipt import decode_receipt
 from ledger.state import WorldState
 from ledger.store import BlockStore
-from ledger.tx import Tx, TxError, decode_tx
+from ledger.tx import Tx, TxError
 from rpc.jsonrpc import (
     MEMPOOL_FULL,
     NOT_FOUND,
@@ -72,16 +73,20 @@ class TxWaiters:
 
     futures: dict[bytes, list[asyncio.Future[dict[str, Any]]]] = field(default_factory=dict)
     count_max: int = 50_000
+    count: int = 0
 
     def add(self, tx_hash: bytes) -> asyncio.Future[dict[str, Any]] | None:
-        if sum(len(v) for v in self.futures.values()) >= self.count_max:
+        if self.count >= self.count_max:
             return None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.futures.setdefault(tx_hash, []).append(future)
+        self.count += 1
         return future
 
     def resolve(self, tx_hash: bytes, outcome: dict[str, Any]) -> None:
-        for future in self.futures.pop(tx_hash, []):
+        waiting = self.futures.pop(tx_hash, [])
+        self.count -= len(waiting)
+        for future in waiting:
             if not future.done():
                 future.set_result(outcome)
 
@@ -89,6 +94,7 @@ class TxWaiters:
         pending = self.futures.get(tx_hash)
         if pending and future in pending:
             pending.remove(future)
+            self.count -= 1
             if not pending:
                 del self.futures[tx_hash]
 
@@ -127,8 +133,10 @@ def _committed(node: NodeView, tx_hash: bytes) -> dict[str, Any] | None:
 def build_node_methods(
     node: NodeView,
     extra: Mapping[str, tuple[type[BaseModel], Callable[[Any], Awaitable[Any]], str]] = {},
+    *,
+    wait_timeout_s: float = 30.0,
 ) -> list[RpcMethod]:
-    timeout_s = 30.0
+    timeout_s = wait_timeout_s
 
     async def node_status(params: Any) -> Any:
         return node.status()
@@ -137,28 +145,22 @@ def build_node_methods(
         if node.halted:
             raise RpcAppError(UNAVAILABLE, f"node halted: {node.halted}")
         raw = bytes.fromhex(params.tx)
-        decoded = decode_tx(raw)
-        if isinstance(decoded, Tx):
-            done = _committed(node, decoded.hash)
-            if done is not None:
-                return done
-        future = None
-        if isinstance(decoded, Tx) and params.wait:
-            future = node.waiters.add(decoded.hash)  # before admit: commit may be quick
-        result = await node.admit(raw)
-        if isinstance(result, TxError):
-            if future is not None and isinstance(decoded, Tx):
-                node.waiters.discard(decoded.hash, future)
-            code = MEMPOOL_FULL if result.code == "mempool_full" else TX_REJECTED
-            if result.code == "already_known" and params.wait and isinstance(decoded, Tx):
-                future = node.waiters.add(decoded.hash)
-            else:
-                raise RpcAppError(code, result.reason, {"code": result.code})
-        tx_hash = decoded.hash if isinstance(decoded, Tx) else b""
-        if not params.wait:
-            return {"hash": tx_hash.hex(), "status": "pending"}
-        if future is None:
+        tx_hash = sha256(raw)  # the tx hash; the verifier does the only decode
+        # Wait before admitting: the commit may land before this handler resumes.
+        future = node.waiters.add(tx_hash) if params.wait else None
+        if params.wait and future is None:
             raise RpcAppError(UNAVAILABLE, "too many callers are waiting; submit without wait")
+        result = await node.admit(raw)
+        if isinstance(result, TxError) and result.code != "already_known":
+            if future is not None:
+                node.waiters.discard(tx_hash, future)
+            done = _committed(node, tx_hash) if result.code == "nonce_used" else None
+            if done is not None:
+                return done  # a resubmission of a committed tx answers with its receipt
+            code = MEMPOOL_FULL if result.code == "mempool_full" else TX_REJECTED
+            raise RpcAppError(code, result.reason, {"code": result.code})
+        if future is None:
+            return {"hash": tx_hash.hex(), "status": "pending"}
         try:
             outcome = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:

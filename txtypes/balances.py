@@ -11,7 +11,7 @@ State layout: b"tokens/bal/<class_id>/<holder>" -> canonical int (absent means 0
 
 from __future__ import annotations
 
-from ledger.codec import decode, encode
+from ledger.codec import decode_stored, encode
 from ledger.rules import RuleError, StateView
 
 BALANCE_PREFIX = b"tokens/bal/"
@@ -25,7 +25,7 @@ def balance_of(state: StateView, class_id: str, holder: str) -> int:
     raw = state.get(balance_key(class_id, holder))
     if raw is None:
         return 0
-    value = decode(raw)
+    value = decode_stored(raw)
     assert isinstance(value, int)
     return value
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from ledger.codec import decode
+from ledger.codec import decode_stored
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from txtypes.balances import balance_of, move
 from txtypes.base import Payload, TxFamily
@@ -82,7 +82,7 @@ def require_lockable_class(state: StateView, class_id: str, height: int) -> None
 
 def load_contract(state: StateReader, contract_id: str) -> Contract | None:
     raw = state.get(contract_key(contract_id))
-    return None if raw is None else Contract.from_record(decode(raw))
+    return None if raw is None else Contract.from_record(decode_stored(raw))
 
 
 def contract_get(state: StateReader, contract_id: str) -> dict[str, Any] | None:

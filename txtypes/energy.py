@@ -41,7 +41,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
-from ledger.codec import decode
+from ledger.codec import decode_stored
 from ledger.crypto import address_of
 from ledger.errors import InvariantViolation, invariant
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
@@ -152,7 +152,7 @@ def market_account(zone: str, interval: int) -> str:
 
 def _get(state: StateReader, key: bytes) -> Any | None:
     raw = state.get(key)
-    return None if raw is None else decode(raw)
+    return None if raw is None else decode_stored(raw)
 
 
 def _params(state: StateReader) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def meter_get(state: StateReader, meter_id: str) -> dict[str, Any] | None:
 def _orders(state: StateReader, zone: str, interval: int, class_id: str,
             kind: str) -> list[dict[str, Any]]:
     entries = state.scan(book_prefix(zone, interval, class_id, kind), 1 << 20)
-    return [decode(raw) for _, raw in entries]
+    return [decode_stored(raw) for _, raw in entries]
 
 
 def energy_market(state: StateReader, zone: str, interval: int) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def energy_market(state: StateReader, zone: str, interval: int) -> dict[str, Any
     prefix = MARKET_PREFIX + f"{zone}/{_n(interval)}/".encode()
     markets = []
     for _, raw in state.scan(prefix, 1 << 16):
-        market = decode(raw)
+        market = decode_stored(raw)
         class_id = market["class_id"]
         markets.append({
             **market,
@@ -575,7 +575,7 @@ def _require_obj(state: StateView, key: bytes) -> dict[str, Any]:
 
 
 def _by_seq(entries: list[tuple[bytes, bytes]]) -> dict[int, tuple[bytes, dict[str, Any]]]:
-    decoded = [(key, decode(raw)) for key, raw in entries]
+    decoded = [(key, decode_stored(raw)) for key, raw in entries]
     return {order["seq"]: (key, order) for key, order in decoded}
 
 

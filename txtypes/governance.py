@@ -34,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from ledger.codec import decode
+from ledger.codec import decode_stored
 from ledger.overlay import KeyValueReader
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from txtypes.base import Payload, TxFamily
@@ -117,7 +117,7 @@ ROLE_LIST_MAX = 1000
 def read_obj(state: KeyValueReader, key: bytes) -> Any | None:
     """The canonically decoded value at `key`, or None."""
     raw = state.get(key)
-    return None if raw is None else decode(raw)
+    return None if raw is None else decode_stored(raw)
 
 
 def holds_role(state: KeyValueReader, address: str, role: str) -> bool:
@@ -171,7 +171,7 @@ def governance_proposals(
     ("open", "executed", "failed", "expired")."""
     out: list[dict[str, Any]] = []
     for _, raw in state.scan(PROPOSAL_PREFIX, PROPOSALS_SCAN_MAX):
-        record = decode(raw)
+        record = decode_stored(raw)
         if status is None or record.get("status") == status:
             out.append(record)
             if len(out) >= limit:

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from ledger.codec import decode
+from ledger.codec import decode_stored
 from ledger.overlay import KeyValueReader
 from ledger.rules import RuleError, StateView, TxContext
 from txtypes.balances import BALANCE_PREFIX, balance_key, balance_of, credit, debit, move
@@ -173,7 +173,7 @@ def token_class_get(state: KeyValueReader, class_id: str) -> dict[str, Any] | No
 
 def token_balance(state: KeyValueReader, class_id: str, holder: str) -> dict[str, Any]:
     raw = state.get(balance_key(class_id, holder))
-    return {"class_id": class_id, "holder": holder, "balance": 0 if raw is None else decode(raw)}
+    return {"class_id": class_id, "holder": holder, "balance": 0 if raw is None else decode_stored(raw)}
 
 
 def supply_record(state: KeyValueReader, class_id: str) -> dict[str, int]:
@@ -197,7 +197,7 @@ def merchant_owed_cents(state: KeyValueReader, merchant: str) -> int:
 def sum_balances(state: KeyValueReader, class_id: str, scan_max: int = 1_000_000) -> int:
     """Sum of every holder's balance of a class (audits and invariant tests)."""
     prefix = BALANCE_PREFIX + class_id.encode() + b"/"
-    return sum(int(decode(raw)) for _, raw in state.scan(prefix, scan_max))
+    return sum(int(decode_stored(raw)) for _, raw in state.scan(prefix, scan_max))
 
 
 def _bump_supply(state: StateView, class_id: str, field: str, amount: int) -> None:
@@ -436,7 +436,7 @@ class TokensFamily(TxFamily):
             if holders_burned >= p.limit:
                 burnable_left = True
                 break
-            amount = int(decode(raw))
+            amount = int(decode_stored(raw))
             state.delete(balance_key(p.class_id, holder))
             burned += amount
             holders_burned += 1
