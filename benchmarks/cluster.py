@@ -117,14 +117,26 @@ def _body(raws: list[bytes], first_id: int) -> bytes:
 
 async def _post_batch(session: aiohttp.ClientSession, url: str, raws: list[bytes],
                       batch: Batch) -> None:
-    try:
-        async with session.post(url, data=_body(raws, 1),
-                                headers={"Content-Type": "application/json"}) as response:
-            answer = json.loads(await response.read())
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        batch.errors[f"transport:{type(exc).__name__}"] += len(raws)
-        batch.done_s = time.time()
-        return
+    body = _body(raws, 1)
+    answer: Any = None
+    for attempt in range(2):
+        try:
+            async with session.post(url, data=body,
+                                    headers={"Content-Type": "application/json"}) as response:
+                answer = json.loads(await response.read())
+            break
+        except aiohttp.ServerDisconnectedError:
+            # A kept-alive connection the server closed as we reused it; tx_submit is
+            # idempotent (a known tx is waited for), so sending the batch again is safe.
+            if attempt == 0:
+                continue
+            batch.errors["transport:ServerDisconnectedError"] += len(raws)
+            batch.done_s = time.time()
+            return
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            batch.errors[f"transport:{type(exc).__name__}"] += len(raws)
+            batch.done_s = time.time()
+            return
     batch.done_s = time.time()
     if not isinstance(answer, list):
         batch.errors[f"batch:{str(answer)[:80]}"] += len(raws)
