@@ -40,10 +40,17 @@ def _canonical(value: Any, depth: int) -> Any:
     if depth >= DEPTH_MAX:
         raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
     if kind is dict:
-        if not all(type(key) is str for key in value):
-            bad = next(key for key in value if type(key) is not str)
-            raise CodecError(f"map key {bad!r} is not a string")
-        return {key: _canonical(value[key], depth + 1) for key in sorted(value)}
+        try:
+            keys = sorted(value)
+        except TypeError:
+            keys = list(value)  # mixed key types: the loop below names the offender
+        out = {}
+        for key in keys:
+            if type(key) is not str:
+                raise CodecError(f"map key {key!r} is not a string")
+            item = value[key]
+            out[key] = item if type(item) in _SCALARS else _canonical(item, depth + 1)
+        return out
     if kind is list or kind is tuple:
         return [_canonical(item, depth + 1) for item in value]
     return _canonical_subclass(value, depth)
@@ -76,19 +83,6 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise CodecError(f"msgpack extension type {code} is not allowed")
 
 
-def _check_decoded(value: Any, depth: int) -> None:
-    if depth > DEPTH_MAX:
-        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
-    if isinstance(value, float):
-        raise CodecError("floats are not allowed")
-    if isinstance(value, list):
-        for item in value:
-            _check_decoded(item, depth + 1)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_decoded(item, depth + 1)
-
-
 def decode(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> Any:
     """Decode canonical bytes, or raise CodecError with the reason; never another exception."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -114,7 +108,7 @@ def decode(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> Any:
         raise CodecError(f"not valid msgpack: {exc}") from exc
     except RecursionError as exc:
         raise CodecError("value nested too deeply") from exc
-    _check_decoded(value, 0)
+    # Re-encoding also rejects floats and excess depth: `encode` refuses both.
     if encode(value) != data:
         raise CodecError("bytes are not in canonical form")
     return value
