@@ -129,8 +129,9 @@ class Checkpointing(ReplicaBase):
         self._reported = {key for key in self._reported if key[3] == 0 or key[3] > self.low_seq}
         self._out.append(Compact(tuple(self.snapshot_records())))
 
-    def _behind_target(self) -> tuple[int, tuple[int, ...]]:
-        """Highest seq that f+1 validators (so at least one honest) claim to have executed."""
+    def _behind_target(self, claims_only: bool = False) -> tuple[int, tuple[int, ...]]:
+        """Highest seq that f+1 validators (so at least one honest) claim to have executed,
+        or else the lowest seq above our execution we hold a commit certificate for."""
         highest = self.claimed
         claims = sorted(highest.values(), reverse=True)
         target = claims[self.config.faults] if len(claims) > self.config.faults else 0
@@ -139,13 +140,17 @@ class Checkpointing(ReplicaBase):
             peers = tuple(c.sender for c in self.stable_proof.checkpoints if c.sender != self.me)
         else:
             peers = tuple(sorted(s for s, seq in highest.items() if seq >= target))
-        waiting = self.slots.get(self.last_issued + 1)
-        if (target <= self.last_issued and waiting is not None and waiting.committed is not None
-                and waiting.payload is None):
-            # Committed (we hold the certificate) but we never saw that payload.
-            keys = {key for key, _ in waiting.committed.signatures}
-            return waiting.seq, tuple(i for i, key in enumerate(self.config.validators)
-                                      if key in keys and i != self.me)
+        if target <= self.last_issued and not claims_only:
+            # A commit certificate above our execution means we missed that seq's payload
+            # or the seqs before it (e.g. after a restart): its signers have them.
+            committed = [seq for seq, slot in self.slots.items()
+                         if seq > self.last_issued and slot.committed is not None]
+            if committed:
+                proof = self.slots[min(committed)].committed
+                assert proof is not None
+                keys = {key for key, _ in proof.signatures}
+                return proof.seq, tuple(i for i, key in enumerate(self.config.validators)
+                                        if key in keys and i != self.me)
         return target, peers
 
     def _check_behind(self) -> None:

@@ -509,7 +509,14 @@ class Replica(ViewChanging):
                 self._resend_checkpoint()
                 self._arm(PROGRESS_TIMER, self._view_timeout())
         elif self._outstanding() and self.last_executed == self.progress_mark:
-            self._start_view_change(self.view + 1)
+            # f+1 replicas executed further (a certificate above a gap would not prove that
+            # the gap was ever committed): we are slow, not the primary. Catch up instead.
+            target, peers = self._behind_target(claims_only=True)
+            if target > self.last_issued and peers:
+                self.fetch_peers = peers
+                self._fetch(target)
+            else:
+                self._start_view_change(self.view + 1)
 
     def _maintain_timers(self) -> None:
         if self.in_view_change:

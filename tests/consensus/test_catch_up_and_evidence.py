@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from consensus.events import CommitProof, CommittedFetched, MessageReceived
-from consensus.messages import Checkpoint, Commit, Prepare
+from consensus.events import CommitProof, CommittedFetched, MessageReceived, Send
+from consensus.messages import NULL_DIGEST, Checkpoint, Commit, Prepare, ViewChange
 from consensus.replica import FETCH_TIMER, PROGRESS_TIMER
 from consensus.sim_env import make_payload
 from ledger.crypto import sha256
@@ -135,3 +135,38 @@ def test_conflicting_commits_and_checkpoints_are_evidence_but_unsigned_ones_are_
     cluster.step(1, MessageReceived(3, c2))
     assert [(e.offender, type(e.second).__name__) for e in cluster.nodes[1].evidence] == [
         (3, "Commit"), (3, "Checkpoint")]
+
+
+def test_a_restarted_replica_fills_the_gap_below_a_commit_certificate_without_a_view_change() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=8, watermark_window_seqs=16)
+    cluster.crash(3)
+    for number in range(2):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    cluster.restart(3)
+    cluster.submit(2)
+    cluster.run()  # replica 3 takes part in seq 3 and holds its certificate, but not 1..2
+    assert cluster.nodes[3].executed == []
+    cluster.fire(FETCH_TIMER, [3])
+    cluster.run()
+    assert cluster.digests(3) == cluster.digests(0) and len(cluster.digests(3)) == 3
+    assert all(not isinstance(m, ViewChange) for lst in cluster.nodes[3].action_lists
+               for a in lst if isinstance(a, Send) for m in [a.message])
+
+
+def test_a_certificate_above_a_never_committed_gap_does_not_stop_the_view_change() -> None:
+    # With pipelining, seq 2 can commit while seq 1 never does (its prepares are lost).
+    cluster = Cluster(pipeline_window=2, checkpoint_interval_seqs=8, watermark_window_seqs=16)
+    cluster.filter = lambda src, dst, m: None if isinstance(m, Prepare) and m.seq == 1 else m
+    cluster.submit(0)
+    cluster.submit(1)
+    cluster.run()
+    assert all(cluster.replica(i).slots[2].committed is not None for i in range(4))
+    assert all(node.executed == [] for node in cluster.nodes)
+    cluster.filter = None
+    cluster.fire(PROGRESS_TIMER)  # nobody is ahead: this is the primary's fault
+    cluster.run()
+    for index in range(4):
+        assert cluster.replica(index).view == 1
+        assert cluster.digests(index)[0] == NULL_DIGEST  # seq 1 was never committed
+        assert sorted(cluster.requests_executed(index)) == sorted([request(0), request(1)])
