@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGKILL it if the test process goes away.
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -218,7 +219,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 cli_command("node", "start", "--home", str(self.home), "--log-format", "json"),
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only the prctl call
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only the prctl call
             )
         self.frozen = False
 
@@ -274,11 +275,14 @@ class NodeProcess:
         return int(self.status()["height"])
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` log lines other than routine commits, then the last commit."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        events = [line for line in text.splitlines() if "committed height" not in line]
+        commits = [line for line in text.splitlines() if "committed height" in line]
+        return "\n".join(events[-lines:] + commits[-1:])
 
 
 @dataclass
@@ -352,9 +356,30 @@ class Cluster:
         return next(node for node in self.nodes if node.name == name)
 
     def primary(self, via: NodeProcess | None = None) -> NodeProcess:
-        """The node the (first running) node believes is primary."""
-        asking = via or self.running()[0]
-        return self.node_named(asking.status()["primary"])
+        """The primary as most running nodes see it (or as `via` sees it).
+
+        A node that is catching up or alone in a view change may name another one, so the
+        majority of nodes not in a view change decides.
+        """
+        if via is not None:
+            return self.node_named(via.status()["primary"])
+        votes = Counter(s["primary"] for s in (node.status() for node in self.running())
+                        if not s["in_view_change"])
+        assert votes, f"every running node is in a view change:\n{self.describe()}"
+        return self.node_named(votes.most_common(1)[0][0])
+
+    def wait_participating(self, node: NodeProcess, timeout_s: float = 30.0) -> None:
+        """Wait until `node` is in the view most others are in, and not changing view."""
+        def in_step() -> bool:
+            others = Counter(other.status()["view"] for other in self.running()
+                             if other is not node)
+            view = others.most_common(1)[0][0]
+            status = node.status()
+            return status["view"] == view and not status["in_view_change"]
+        try:
+            wait_until(in_step, timeout_s, f"{node.name} to take part in the current view")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
 
     # -- transactions ---------------------------------------------------------------------
     def record_ack(self, result: dict[str, Any]) -> None:
@@ -471,8 +496,8 @@ class Cluster:
         parts = []
         for node in self.nodes:
             parts.append(f"--- {node.name} ({'running' if node.running else 'down'}) ---\n"
-                         f"{node.log_tail(25)}")
-        return "\n".join(parts)
+                         f"{node.log_tail(30)}")
+        return f"{self.describe()}\n" + "\n".join(parts)
 
 
 class LoadGenerator:

@@ -89,3 +89,19 @@ def test_wiped_node_resyncs_whole_chain_from_peers_and_verify_chain_passes(
     report = json.loads(result.stdout)
     assert report["ok"] is True
     assert report["blocks_checked"] >= final[0]
+
+
+def test_restarted_and_wiped_nodes_catch_up_on_an_idle_network(cluster: Cluster) -> None:
+    cluster.commit_some(20)
+    head = cluster.wait_converged()
+    behind, wiped = cluster.nodes[1], cluster.nodes[3]
+    behind.kill()
+    cluster.commit_some(5, via=[cluster.nodes[0], cluster.nodes[2]])
+    head = cluster.wait_converged([cluster.nodes[0], cluster.nodes[2], wiped])
+    wiped.kill()
+    wiped.wipe_data()
+    # No client sends anything from here on: the restarted nodes must ask on their own.
+    cluster.start([behind, wiped])
+    assert cluster.wait_converged(timeout_s=30) == head
+    cluster.assert_same_chain()
+    cluster.assert_no_lost_txs()
