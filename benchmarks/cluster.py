@@ -48,6 +48,7 @@ from benchmarks.common import (
     parse_mix,
     percentile,
     print_table,
+    stop_on_sigterm,
     write_json,
 )
 from benchmarks.limit import ceiling_tps, measure
@@ -511,4 +512,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()

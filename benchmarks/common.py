@@ -40,6 +40,23 @@ OPS = ("transfer", "spend", "register")
 
 
 # -- the machine ---------------------------------------------------------------------------
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks stop the nodes we started."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR,
+                              capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or "unknown"
     try:
@@ -51,7 +68,8 @@ def machine() -> dict[str, Any]:
         pass
     return {"cores": os.cpu_count() or 1, "cpu": model, "python": platform.python_version(),
             "platform": platform.platform(),
-            "memory_mb": psutil.virtual_memory().total // 2**20}
+            "memory_mb": psutil.virtual_memory().total // 2**20,
+            "load_average_1m": round(os.getloadavg()[0], 1), "commit": _commit()}
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:

@@ -40,6 +40,7 @@ from benchmarks.common import (
     machine,
     percentile,
     print_table,
+    stop_on_sigterm,
     write_json,
 )
 
@@ -277,4 +278,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()

@@ -43,6 +43,7 @@ from benchmarks.common import (
     machine,
     parse_mix,
     print_table,
+    stop_on_sigterm,
     write_json,
 )
 from benchmarks.limit import STAGES, LimitChain, ceiling_tps
@@ -286,4 +287,5 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cluster, raft_peer
-from benchmarks.common import fmt, machine, write_json
+from benchmarks.common import fmt, machine, stop_on_sigterm, write_json
 from benchmarks.scale import scale_sync
 
 # (name, goal text, value getter over one run's results, passes?)
@@ -168,4 +168,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()
