@@ -211,7 +211,6 @@ class Replica(ViewChanging):
         self._after_step()
         return self._flush()
 
-
     # -- requests and proposing ------------------------------------------------------------
 
     def _on_request(self, digest: bytes) -> None:
@@ -469,8 +468,6 @@ class Replica(ViewChanging):
                 self.in_flight.pop(request, None)
                 self.queued.pop(request, None)
             self._out.append(Execute(slot.seq, proof.view, proof.digest, slot.payload, proof))
-
-
 
     # -- timers -----------------------------------------------------------------------------
 
