@@ -166,6 +166,8 @@ class Simulation:
         self.proposed: set[bytes] = set()
         self.issued: dict[bytes, None] = {}
         self.decoded: dict[bytes, Message] = {}
+        self.mid_step_crashes = 0  # crashes that cut an action list short
+        self.restarts = 0
         self.total_requests = scenario.requests_before_gst + scenario.requests_after_gst
 
     def _config(self, key: KeyPair | SimKey, quorum: int) -> ReplicaConfig:
@@ -349,6 +351,7 @@ class Simulation:
         if host.up:
             return
         host.up = True
+        self.restarts += 1
         records = [decode_record(data) for data in host.durable]
         host.replica = Replica.restore(host.config, records, executed_seq=host.height)
         self._apply(host, host.replica.start())
@@ -362,6 +365,7 @@ class Simulation:
         cut = len(actions)
         if host.crash_armed:
             cut = self.rng.randint(0, len(actions))
+            self.mid_step_crashes += cut < len(actions)
         for action in actions[:cut]:
             self._perform(host, action)
             if not host.up:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consensus.sim import Outcome, main, run_seed
+from consensus.sim import Outcome, Simulation, main, run_seed
 from consensus.sim_env import FAULT_KINDS, draw_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,16 @@ def test_the_seed_budget_really_exercises_every_fault_kind() -> None:
     assert behaviours == {"equivocate", "garbage", "replay", "mute-primary", "non-validator",
                           "bad-fetch"}
     assert {s.pipeline_window for s in scenarios} == {1, 2, 3}
+
+
+def test_crashes_really_cut_action_lists_short_and_replicas_restart_from_records() -> None:
+    cut = restarts = 0
+    for seed in range(1000, 1040):
+        simulation = Simulation(draw_scenario(seed, 4, None, FAULT_KINDS, False))
+        _assert_clean([simulation.run()])
+        cut += simulation.mid_step_crashes
+        restarts += simulation.restarts
+    assert cut >= 3 and restarts >= 20
 
 
 def test_canary_with_a_quorum_one_too_small_is_caught_within_the_default_budget() -> None:
