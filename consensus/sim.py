@@ -363,14 +363,14 @@ class Simulation:
 
     def _apply(self, host: Host, actions: list[Action]) -> None:
         cut = len(actions)
-        if host.crash_armed:
-            cut = self.rng.randint(0, len(actions))
-            self.mid_step_crashes += cut < len(actions)
+        if host.crash_armed and actions:  # crash inside the next step that does something
+            cut = self.rng.randint(0, len(actions) - 1)
+            self.mid_step_crashes += 1
         for action in actions[:cut]:
             self._perform(host, action)
             if not host.up:
                 return
-        if host.crash_armed:
+        if host.crash_armed and actions:
             self._go_down(host)
 
     def _perform(self, host: Host, action: Action) -> None:
