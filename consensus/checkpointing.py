@@ -178,7 +178,12 @@ class Checkpointing(ReplicaBase):
         proof = event.certificate
         if event.seq != proof.seq or event.seq <= self.last_issued:
             return
-        if event.seq > max(self.fetch_target, self._high_seq()):
+        # A certified sequence just past what we executed is always taken: a lagging node
+        # learns of it from peers' announcements even when no checkpoint covers it yet,
+        # and fetch_seqs_max bounds how many such slots can exist.
+        horizon = max(self.fetch_target, self._high_seq(),
+                      self.last_issued + self.config.fetch_seqs_max)
+        if event.seq > horizon:
             return
         slot = self.slots.get(event.seq)
         if slot is not None and slot.committed is not None and slot.payload is not None:
