@@ -2,7 +2,7 @@
 
     python -m consensus.sim --seeds N [--start S] [--nodes 4|7] [--byzantine K]
                             [--faults loss,dup,reorder,partition,crash,byzantine,twins]
-                            [--canary] [--real-crypto]
+                            [--canary] [--canary-amnesia] [--real-crypto]
     python -m consensus.sim --seed S [--verbose]      replay one seed
 
 Every run is a pure function of its seed: one `random.Random` drives delivery order,
@@ -66,7 +66,7 @@ from consensus.messages import (
     encode_message,
     signed_bytes,
 )
-from consensus.records import decode_record, encode_record
+from consensus.records import GuardRecord, decode_record, encode_record
 from consensus.replica import Replica
 from consensus.sim_env import (
     FAULT_KINDS,
@@ -136,8 +136,11 @@ class Outcome:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, real_crypto: bool = False) -> None:
+    def __init__(self, scenario: Scenario, real_crypto: bool = False,
+                 amnesia: bool = False) -> None:
         self.s = scenario
+        # Canary: nodes that drop the signing guard's records, so a restart forgets votes.
+        self.amnesia = amnesia
         self.rng = random.Random(f"run:{scenario.seed}")
         self.keys = KeyFactory(random.Random(f"keys:{scenario.seed}"), real_crypto)
         n = scenario.nodes
@@ -377,9 +380,11 @@ class Simulation:
         if isinstance(action, Send):
             self._on_send(host, action)
         elif isinstance(action, Persist):
-            host.durable.append(encode_record(action.record))
+            if not (self.amnesia and isinstance(action.record, GuardRecord)):
+                host.durable.append(encode_record(action.record))
         elif isinstance(action, Compact):
-            host.durable = [encode_record(r) for r in action.records]
+            host.durable = [encode_record(r) for r in action.records
+                            if not (self.amnesia and isinstance(r, GuardRecord))]
         elif isinstance(action, SetTimer):
             host.timers[action.kind] = action.token
             self._at(self.now + action.delay_ticks, host.hid, "timer", (action.kind, action.token))
@@ -552,9 +557,9 @@ class Simulation:
 
 def run_seed(seed: int, nodes: int = 4, byzantine: int | None = None,
              faults: frozenset[str] = FAULT_KINDS, canary: bool = False,
-             real_crypto: bool = False) -> Outcome:
+             real_crypto: bool = False, amnesia: bool = False) -> Outcome:
     scenario = draw_scenario(seed, nodes, byzantine, faults, canary)
-    return Simulation(scenario, real_crypto=real_crypto).run()
+    return Simulation(scenario, real_crypto=real_crypto, amnesia=amnesia).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(sorted(FAULT_KINDS)),
                         help="comma-separated subset of " + ",".join(sorted(FAULT_KINDS)))
     parser.add_argument("--canary", action="store_true", help="weaken the quorum by one")
+    parser.add_argument("--canary-amnesia", action="store_true",
+                        help="nodes lose the signing guard's records across restarts")
     parser.add_argument("--real-crypto", action="store_true", help="Ed25519 instead of sim keys")
     parser.add_argument("--verbose", action="store_true", help="print every seed's line")
     args = parser.parse_args(argv)
@@ -578,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else list(range(args.start, args.start + args.seeds))
     safety = liveness = 0
     for seed in seeds:
-        outcome = run_seed(seed, args.nodes, args.byzantine, faults, args.canary, args.real_crypto)
+        outcome = run_seed(seed, args.nodes, args.byzantine, faults, args.canary, args.real_crypto,
+                           args.canary_amnesia)
         safety += bool(outcome.safety)
         liveness += bool(outcome.liveness and not outcome.safety)
         if outcome.safety or outcome.liveness or args.verbose or args.seed is not None:

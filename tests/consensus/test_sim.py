@@ -89,6 +89,14 @@ def test_canary_with_a_quorum_one_too_small_is_caught_within_the_default_budget(
     assert "executed" in caught.safety[0]
 
 
+def test_canary_nodes_that_lose_the_signing_guard_are_caught_equivocating() -> None:
+    # Same honest replica code, but the node drops the guard's records: after a crash a
+    # replica signs again what it already signed differently, and the harness must see it.
+    caught = next((o for o in (run_seed(seed, nodes=4, amnesia=True) for seed in range(100))
+                   if o.safety), None)
+    assert caught is not None, "the harness missed replicas that forget their votes"
+
+
 def test_same_seed_same_run_byte_for_byte_even_with_another_hash_seed() -> None:
     first, second = run_seed(1234), run_seed(1234)
     assert first == second
