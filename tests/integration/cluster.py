@@ -274,6 +274,20 @@ class NodeProcess:
     def height(self) -> int:
         return int(self.status()["height"])
 
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def wait_logged(self, text: str, since_bytes: int, timeout_s: float = 10.0) -> None:
+        """Wait until the node's log, after offset `since_bytes`, contains `text`."""
+        def logged() -> bool:
+            with open(self.log_path, "rb") as log:
+                log.seek(since_bytes)
+                return text.encode() in log.read()
+        wait_until(logged, timeout_s, f"{self.name} to log {text!r}")
+
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` log lines other than routine commits, then the last commit."""
         try:
