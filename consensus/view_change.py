@@ -161,6 +161,10 @@ class ViewChanging(Checkpointing):
     def _install_new_view(self, nv: NewView, plan: NewViewPlan) -> None:
         self.in_view_change = False
         self.building = None
+        # Proposals of older views are void (a replica may also jump here from a normal
+        # view): only the re-proposals below hold requests now.
+        self.in_flight = {}
+        self.queued = dict.fromkeys(self.pending)
         self._out.append(Persist(ViewRecord(self.view, False)))
         self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.new_view > self.view}
         if plan.stable.seq > self.low_seq:

@@ -292,3 +292,25 @@ def test_a_replica_stuck_in_an_older_view_change_is_brought_into_the_current_vie
     cluster.fire(PROGRESS_TIMER, [6])  # it repeats its view change for the old view 1 ...
     cluster.run()  # ... and the primary of view 2 answers with its NEW-VIEW
     assert cluster.replica(6).view == 2 and not cluster.replica(6).in_view_change
+
+
+def test_a_replica_jumping_to_a_new_view_forgets_proposals_of_the_old_one() -> None:
+    cluster = Cluster(n=7)
+    # Seq 1 (request 0, known only to replicas 0 and 6) is proposed but never prepared;
+    # replica 6 misses every VIEW-CHANGE.
+    cluster.filter = lambda src, dst, m: (
+        None if isinstance(m, Prepare) or (dst == 6 and isinstance(m, ViewChange)) else m)
+    cluster.submit(0, to=[0, 6])
+    cluster.run()
+    assert cluster.replica(6).in_flight == {request(0): 1}
+    cluster.crash(0)
+    cluster.fire(PROGRESS_TIMER, [1, 2, 3, 4, 5])
+    cluster.filter = lambda src, dst, m: None if dst == 6 and isinstance(m, ViewChange) else m
+    cluster.run()
+    replica = cluster.replica(6)
+    assert replica.view == 1 and not replica.in_view_change  # jumped on the NEW-VIEW
+    # The old proposal is void, so request 0 is waiting again: when the new primary never
+    # proposes it, replica 6 sees censorship.
+    assert replica.in_flight == {}
+    cluster.fire(REQUEST_TIMER, [6])
+    assert replica.view == 2 and replica.in_view_change
