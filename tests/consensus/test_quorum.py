@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.quorum import fault_tolerance, quorum_size
@@ -27,6 +27,7 @@ def test_any_two_quorums_intersect_in_at_least_f_plus_one_for_n_1_to_31() -> Non
         assert q <= n - f, n
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=31), st.data())
 def test_two_concrete_quorums_share_more_than_f_validators(n: int, data: st.DataObject) -> None:
     q, f = quorum_size(n), fault_tolerance(n)
