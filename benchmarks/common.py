@@ -119,11 +119,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Below Linux's ephemeral range (32768-60999), so a client connection made meanwhile
+# cannot take a port a node binds later (the late node of benchmarks.scale).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port_base(count: int) -> int:
     """A base port with `count` consecutive free loopback ports (random, so parallel runs
     and other tests on the machine do not collide)."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
         if all(_port_free(base + offset) for offset in range(count)):
             return base
     raise RuntimeError("no free loopback port range found")

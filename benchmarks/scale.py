@@ -182,7 +182,11 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         late = cli._spawn_node(parked, "json")
         ready_s = None
         synced_s = None
+        error = None
         while time.monotonic() - started < SYNC_TIMEOUT_S:
+            if late.poll() is not None:
+                error = f"the late node exited with {late.returncode} (see its node.log)"
+                break
             status = asyncio.run(_status(late_url))
             if status is not None:
                 if ready_s is None:
@@ -208,7 +212,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         "blocks_per_s": target / catch_up_s if catch_up_s else None,
         "txs_per_s": txs_total / catch_up_s if catch_up_s else None,
         "s_per_10k_blocks": catch_up_s / target * 10_000 if catch_up_s and target else None,
-        "same_head_after": same, "heads_after": final_heads,
+        "same_head_after": same, "heads_after": final_heads, "error": error,
     }
 
 
@@ -276,7 +280,7 @@ def print_report(report: dict[str, Any]) -> None:
         sync = report["sync"]
         print_table("scale: fresh-node sync", [
             ("history", f"{sync['history_blocks']:,} blocks, {sync['history_txs']:,} txs"),
-            ("synced", fmt(sync["synced"])),
+            ("synced", fmt(sync["synced"]) + (f" ({sync['error']})" if sync["error"] else "")),
             ("startup s", fmt(sync["startup_s"], 1)),
             ("catch-up s", fmt(sync["catch_up_s"], 1)),
             ("blocks/s, verified tx/s", f"{fmt(sync['blocks_per_s'])}, "
