@@ -458,33 +458,40 @@ class Cluster:
                          f"mempool {s['mempool_txs']} syncing {s['syncing']} halted {s['halted']}")
         return "\n".join(lines)
 
-    def block_hashes(self, node: NodeProcess, first: int, last: int) -> list[str]:
-        """The block hash at every height in [first, last] on `node` (batched RPC)."""
-        hashes: list[str] = []
+    def blocks(self, node: NodeProcess, first: int, last: int) -> list[dict[str, Any]]:
+        """block_get for every height in [first, last] on `node` (batched RPC)."""
+        blocks: list[dict[str, Any]] = []
         for start in range(first, last + 1, 100):
-            calls = [("block_get", {"height": h}) for h in range(start, min(last, start + 99) + 1)]
-            for height, result in zip(range(start, last + 1), rpc_batch(node.rpc_url, calls),
-                                      strict=False):
+            heights = range(start, min(last, start + 99) + 1)
+            results = rpc_batch(node.rpc_url, [("block_get", {"height": h}) for h in heights])
+            for height, result in zip(heights, results, strict=True):
                 if isinstance(result, RpcError):
                     raise AssertionError(f"{node.name} has no block {height}: {result}")
                 assert result["height"] == height
-                hashes.append(result["hash"])
-        return hashes
+                blocks.append(result)
+        return blocks
 
     def assert_same_chain(self, nodes: Iterable[NodeProcess] | None = None) -> int:
         """Every node reports the same block hash at every height up to the lowest head.
 
-        Returns that common height. Also checks the hash links between consecutive blocks.
+        Returns that common height. Also checks the hash links between consecutive blocks
+        and that no block is empty (these clients only send valid txs, and a primary with
+        nothing to propose must not fill the chain with empty blocks).
         """
         chosen = list(self.nodes if nodes is None else nodes)
         common = min(node.height() for node in chosen)
         assert common > 0, "no blocks committed"
-        reference = self.block_hashes(chosen[0], 1, common)
+        reference = self.blocks(chosen[0], 1, common)
+        for parent, child in zip(reference, reference[1:], strict=False):
+            assert child["header"]["prev_hash"] == parent["hash"], child
+        empty = [block["height"] for block in reference if not block["tx_hashes"]]
+        assert not empty, f"empty blocks at heights {empty[:20]} (of {common})"
         for node in chosen[1:]:
-            theirs = self.block_hashes(node, 1, common)
-            for height, (ours, other) in enumerate(zip(reference, theirs, strict=True), 1):
-                assert ours == other, (f"fork at height {height}: {chosen[0].name} has "
-                                       f"{ours[:16]}, {node.name} has {other[:16]}")
+            theirs = self.blocks(node, 1, common)
+            for ours, other in zip(reference, theirs, strict=True):
+                assert ours["hash"] == other["hash"], (
+                    f"fork at height {ours['height']}: {chosen[0].name} has "
+                    f"{ours['hash'][:16]}, {node.name} has {other['hash'][:16]}")
         return common
 
     def assert_no_lost_txs(self, nodes: Iterable[NodeProcess] | None = None) -> int:

@@ -17,8 +17,6 @@ def test_killed_primary_is_replaced_by_view_change_and_catches_up_after_restart(
     primary = cluster.primary()
     view_before = primary.status()["view"]
     backups = [node for node in cluster.nodes if node is not primary]
-    for node in backups:
-        assert node.status()["primary"] == primary.name
 
     primary.kill()
     # Transactions sent to the backups still commit: they suspect the silent primary,

@@ -38,17 +38,17 @@ def rejoin(cluster: Cluster, node: NodeProcess, load: LoadGenerator) -> None:
 def test_no_acknowledged_transaction_is_lost_across_kills_freezes_and_a_wipe(
         cluster: Cluster) -> None:
     with LoadGenerator(cluster, threads=2) as load:
-        load.wait_committed(10)
+        load.wait_committed(6)
 
         primary = cluster.primary()
         primary.kill()
-        load.wait_committed(10)
+        load.wait_committed(6)
         rejoin(cluster, primary, load)
 
         primary = cluster.primary()
         backup = next(node for node in cluster.nodes if node is not primary)
         backup.kill()
-        load.wait_committed(10)
+        load.wait_committed(6)
         rejoin(cluster, backup, load)
 
         primary = cluster.primary()
@@ -56,15 +56,15 @@ def test_no_acknowledged_transaction_is_lost_across_kills_freezes_and_a_wipe(
         time.sleep(3.0)
         load.wait_committed(5)
         primary.thaw()
-        load.wait_committed(10)
+        load.wait_committed(6)
         cluster.wait_participating(primary)
 
         wiped = cluster.nodes[2]
         wiped.kill()
         wiped.wipe_data()
         rejoin(cluster, wiped, load)
-        load.wait_committed(10)
-    assert load.committed >= 60
+        load.wait_committed(6)
+    assert load.committed >= 40
 
     head = cluster.wait_converged(timeout_s=40)
     cluster.assert_same_chain()
