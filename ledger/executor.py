@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from ledger.codec import decode_stored, encode
 from ledger.errors import CodecError, InvariantViolation, invariant
-from ledger.overlay import KeyValueReader, Overlay
+from ledger.overlay import CachedReader, KeyValueReader, Overlay
 from ledger.receipt import Receipt, receipts_root
 from ledger.rules import BlockContext, RuleError, RuleModule, TxContext
 from ledger.tx import Tx, TxError
@@ -164,7 +164,8 @@ class Executor:
         """Run a block over `base` without changing it; the writes come back for the store."""
         invariant(block.chain_id == self.chain_id,
                   f"block for chain {block.chain_id!r} given to executor of {self.chain_id!r}")
-        state = Overlay(base)
+        # Nothing writes `base` while a block runs, so its reads can be remembered.
+        state = Overlay(CachedReader(base))
         for module in self.modules:
             with _hook(f"{module.family}.begin_block at height {block.height}"):
                 module.begin_block(block, state)
@@ -211,18 +212,28 @@ class Executor:
             return Receipt.rejected(tx.hash, index, "invalid_payload", schema_reason_stable(exc))
         ctx = TxContext(tx=tx, payload=payload, block=block, index=index)
         tx_state = state.child()
-        what = f"{tx.family}.{tx.op} of tx {tx.hash.hex()} at height {block.height}"
+        # Inline `_blame`: the note naming the tx is built only when there is an error.
         try:
-            with _blame(what):
-                module.check(ctx, tx_state)
-                result = module.apply(ctx, tx_state)
+            module.check(ctx, tx_state)
+            result = module.apply(ctx, tx_state)
         except RuleError as exc:
             tx_state.discard()
             return Receipt.rejected(tx.hash, index, exc.code, exc.reason)
-        invariant(
-            not any(key.startswith(NONCE_PREFIX) for key in tx_state.writes),
-            f"{what} wrote a nonce key; only the executor may",
-        )
-        invariant(isinstance(result, Mapping), f"{what} returned a non-map result")
+        except Exception as exc:
+            exc.add_note(
+                f"cityledger: programmer error while {_tx_what(tx, block)}; the node must halt"
+            )
+            raise
+        for key in tx_state.writes:
+            if key.startswith(NONCE_PREFIX):
+                raise InvariantViolation(
+                    f"{_tx_what(tx, block)} wrote a nonce key; only the executor may"
+                )
+        if not isinstance(result, Mapping):
+            raise InvariantViolation(f"{_tx_what(tx, block)} returned a non-map result")
         tx_state.merge_into(state)
         return Receipt.accepted(tx.hash, index, dict(result))
+
+
+def _tx_what(tx: Tx, block: BlockContext) -> str:
+    return f"{tx.family}.{tx.op} of tx {tx.hash.hex()} at height {block.height}"

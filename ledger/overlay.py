@@ -12,7 +12,7 @@ import bisect
 from typing import Any, Protocol
 
 from ledger.codec import decode_stored, encode
-from ledger.errors import invariant
+from ledger.errors import InvariantViolation, invariant
 
 _DELETED = None  # a pending delete is stored as None in `writes`
 
@@ -57,6 +57,30 @@ class MemoryKV:
         return [(key, self._data[key]) for key in self._keys]
 
 
+class CachedReader:
+    """Remembers what it read from a base that does not change while it is in use.
+
+    The executor wraps the committed state in one for the span of a block: a token class
+    record or a balance read by many transactions then costs one LevelDB get, not one per
+    read. Same key, same bytes, so the cache cannot change any outcome; it must not
+    outlive a write to the base.
+    """
+
+    def __init__(self, base: KeyValueReader) -> None:
+        self._base = base
+        self._values: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self._values[key] = self._base.get(key)
+            return value
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        return self._base.scan(prefix, limit)
+
+
 class Overlay:
     """Buffered writes over `base`; implements ledger.rules.StateView."""
 
@@ -92,10 +116,14 @@ class Overlay:
 
     # -- writes -----------------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:
-        invariant(not self._closed, "write to a closed overlay")
-        invariant(0 < len(key) <= self.KEY_BYTES_MAX, f"state key length {len(key)} out of range")
-        invariant(len(value) <= self.VALUE_BYTES_MAX, f"state value of {len(value)} bytes too large")
-        self.writes[key] = bytes(value)
+        # Messages are built only on failure: this runs for every write of every tx.
+        if self._closed:
+            raise InvariantViolation("write to a closed overlay")
+        if not 0 < len(key) <= self.KEY_BYTES_MAX:
+            raise InvariantViolation(f"state key length {len(key)} out of range")
+        if len(value) > self.VALUE_BYTES_MAX:
+            raise InvariantViolation(f"state value of {len(value)} bytes too large")
+        self.writes[key] = value if type(value) is bytes else bytes(value)
 
     def put_obj(self, key: bytes, value: Any) -> None:
         self.put(key, encode(value))
