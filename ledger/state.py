@@ -310,14 +310,27 @@ class MemoryBackend:
         self.kv.apply(dict(ops))
 
 
-class _StateReader:
-    """Committed state as a KeyValueReader (for ledger.overlay.Overlay)."""
+# Values remembered per state version for `prepare`'s undo records (see _StateReader).
+_REMEMBERED_VALUES_MAX = 1 << 16
 
-    def __init__(self, backend: StateBackend) -> None:
+
+class _StateReader:
+    """Committed state as a KeyValueReader (for ledger.overlay.Overlay).
+
+    What it reads goes into `remembered`, the state's memo for the current version, so
+    that `prepare` finds the previous values for its undo record without reading LevelDB
+    again: the executor has just read nearly every key a block writes.
+    """
+
+    def __init__(self, backend: StateBackend, remembered: dict[bytes, bytes | None]) -> None:
         self._backend = backend
+        self._remembered = remembered
 
     def get(self, key: bytes) -> bytes | None:
-        return self._backend.get(STATE_PREFIX + key)
+        value = self._backend.get(STATE_PREFIX + key)
+        if len(self._remembered) < _REMEMBERED_VALUES_MAX:
+            self._remembered[key] = value
+        return value
 
     def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         skip = len(STATE_PREFIX)
@@ -352,6 +365,9 @@ class WorldState:
         )
         self._backend = backend
         self._version = 0  # bumped by every apply; a PreparedState is valid for one version
+        # Committed values read at this version (key -> value, None = absent); replaced,
+        # never cleared, on every apply, so a reader from an older version cannot add to it.
+        self._remembered: dict[bytes, bytes | None] = {}
         self._nodes = _empty_tree()
         persisted = {
             int.from_bytes(key[len(BUCKET_PREFIX):], "big"): digest
@@ -385,7 +401,7 @@ class WorldState:
         return self._height
 
     def reader(self) -> _StateReader:
-        return _StateReader(self._backend)
+        return _StateReader(self._backend, self._remembered)
 
     def get(self, key: bytes) -> bytes | None:
         return self._backend.get(STATE_PREFIX + key)
@@ -420,12 +436,18 @@ class WorldState:
                 f"state at height {self._height} cannot take writes for height {height}",
             )
         by_bucket: dict[int, list[bytes]] = {}
+        sha = hashlib.sha256
         for key in writes:
-            invariant(
-                isinstance(key, bytes) and 0 < len(key) <= KEY_BYTES_MAX,
-                f"state key {key!r} is not 1..{KEY_BYTES_MAX} bytes",
-            )
-            by_bucket.setdefault(bucket_of(key), []).append(key)
+            # The message is built only on failure: this loop runs for every written key.
+            if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:
+                invariant(
+                    isinstance(key, bytes) and 0 < len(key) <= KEY_BYTES_MAX,
+                    f"state key {key!r} is not 1..{KEY_BYTES_MAX} bytes",
+                )
+            # inline bucket_of
+            bucket = int.from_bytes(sha(key).digest()[:2], "big") >> (16 - BUCKET_BITS)
+            by_bucket.setdefault(bucket, []).append(key)
+        remembered = self._remembered
         ops: list[StateOp] = []
         new_buckets: dict[int, bytes] = {}
         undo_values: list[list[bytes | None]] = []
@@ -440,7 +462,10 @@ class WorldState:
                 value = writes[key]
                 existed = key in entries
                 if height is not None:
-                    previous = self._backend.get(STATE_PREFIX + key) if existed else None
+                    previous: bytes | None = None
+                    if existed:
+                        previous = (remembered[key] if key in remembered
+                                    else self._backend.get(STATE_PREFIX + key))
                     undo_values.append([key, previous])
                 if value is None:
                     if not existed:
@@ -449,7 +474,8 @@ class WorldState:
                     ops.append((STATE_PREFIX + key, None))
                     ops.append((entry_prefix + key, None))
                 else:
-                    invariant(isinstance(value, bytes), f"state value for {key!r} is not bytes")
+                    if type(value) is not bytes:
+                        invariant(isinstance(value, bytes), f"state value for {key!r} is not bytes")
                     record = _entry_record(key, value_hash(value))
                     entries[key] = record
                     ops.append((STATE_PREFIX + key, value))
@@ -487,6 +513,7 @@ class WorldState:
         if prepared.height is not None:
             self._height = prepared.height
         self._version += 1
+        self._remembered = {}
 
     def commit(self, writes: Mapping[bytes, bytes | None], *, height: int | None = None) -> bytes:
         """prepare + write + apply in one step, for use without a block store."""
