@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from ledger.codec import decode_map, encode
+import msgpack
+
+from ledger.codec import INT_MAX, INT_MIN, decode_map, encode
 from ledger.crypto import HASH_BYTES
 from ledger.errors import CodecError
 from ledger.merkle import merkle_root
@@ -52,7 +54,8 @@ class Receipt:
         }
 
     def encode(self) -> bytes:
-        return encode(self.to_wire())
+        fast = _encode_flat(self)
+        return fast if fast is not None else encode(self.to_wire())
 
     @classmethod
     def accepted(cls, tx_hash: bytes, index: int, result: dict[str, Any]) -> Receipt:
@@ -62,6 +65,45 @@ class Receipt:
     def rejected(cls, tx_hash: bytes, index: int, code: str, reason: str) -> Receipt:
         # Reasons are bounded so a module cannot bloat receipts with huge messages.
         return cls(tx_hash, index, STATUS_REJECTED, code, reason[:REASON_CHARS_MAX], {})
+
+
+_FLAT_SCALARS = (str, bytes, bool, type(None))
+
+
+def _encode_flat(receipt: Receipt) -> bytes | None:
+    """`encode(receipt.to_wire())` for the common receipt, or None to take the long way.
+
+    Every block encodes one receipt per transaction. When each member and each result
+    value is a plain scalar of an exact type (what the built-in modules return), the
+    canonical form is just the members in sorted key order packed as they are, so the
+    codec's general walk is not needed; anything else (nested results, subclasses,
+    out-of-range integers) goes through `encode`. A property test keeps both equal.
+    """
+    result = receipt.result
+    if (type(receipt.tx_hash) is not bytes or type(receipt.index) is not int
+            or type(receipt.code) is not str or type(receipt.reason) is not str
+            or type(receipt.status) is not str or type(result) is not dict
+            or not INT_MIN <= receipt.index <= INT_MAX):
+        return None
+    if not all(type(key) is str for key in result):
+        return None
+    flat: dict[str, Any] = {}
+    for key in sorted(result):
+        value = result[key]
+        kind = type(value)
+        if kind is int:
+            if not INT_MIN <= value <= INT_MAX:
+                return None
+        elif kind not in _FLAT_SCALARS:
+            return None
+        flat[key] = value
+    # Members in sorted key order: code, index, reason, result, status, tx_hash.
+    packed: bytes = msgpack.packb(
+        {"code": receipt.code, "index": receipt.index, "reason": receipt.reason,
+         "result": flat, "status": receipt.status, "tx_hash": receipt.tx_hash},
+        use_bin_type=True,
+    )
+    return packed
 
 
 def decode_receipt(data: bytes) -> Receipt:
