@@ -29,6 +29,7 @@ class TxVerifier:
         # then in a block, or in two proposals, is checked only once.
         self._verified: dict[bytes, Tx] = {}
         self.verified_max = 200_000
+        self._in_flight: dict[bytes, asyncio.Future[Tx | TxError]] = {}
 
     def _check_chunk(self, raws: list[bytes]) -> list[Tx | TxError]:
         return [decode_and_verify(raw, self.chain_id) for raw in raws]
@@ -50,11 +51,16 @@ class TxVerifier:
     def verify(self, raw: bytes) -> asyncio.Future[Tx | TxError]:
         """A future for the verified tx (or its error); batched with concurrent callers."""
         loop = asyncio.get_running_loop()
+        tx_hash = sha256(raw)
+        in_flight = self._in_flight.get(tx_hash)
+        if in_flight is not None:
+            return in_flight  # gossip and a proposal carrying the same tx share one check
         future: asyncio.Future[Tx | TxError] = loop.create_future()
-        cached = self._verified.get(sha256(raw))
+        cached = self._verified.get(tx_hash)
         if cached is not None:
             future.set_result(cached)
             return future
+        self._in_flight[tx_hash] = future
         self._pending.append((raw, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -76,7 +82,8 @@ class TxVerifier:
     def _deliver(self, chunk: list[tuple[bytes, asyncio.Future[Tx | TxError]]],
                  done: asyncio.Future[list[Tx | TxError]]) -> None:
         results = done.result()
-        for (_, future), result in zip(chunk, results, strict=True):
+        for (raw, future), result in zip(chunk, results, strict=True):
+            self._in_flight.pop(sha256(raw), None)
             if isinstance(result, Tx):
                 self.remember(result)
             if not future.done():

@@ -48,3 +48,28 @@ def test_cache_stays_bounded() -> None:
             verifier.close()
 
     asyncio.run(scenario())
+
+
+def test_concurrent_checks_of_one_tx_share_a_single_verification() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN)
+        checked: list[int] = []
+        original = verifier._check_chunk
+
+        def counting(raws: list[bytes]) -> list[Tx | TxError]:
+            checked.append(len(raws))
+            return original(raws)
+
+        verifier._check_chunk = counting  # type: ignore[method-assign]
+        try:
+            tx = sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+            first, second = verifier.verify(tx.raw), verifier.verify(tx.raw)
+            assert first is second
+            results = await asyncio.gather(first, second)
+            assert all(isinstance(r, Tx) and r.hash == tx.hash for r in results)
+            assert sum(checked) == 1
+            assert isinstance(await verifier.verify(tx.raw), Tx) and sum(checked) == 1
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
