@@ -17,12 +17,17 @@ from ledger.rules import RuleError, StateView
 BALANCE_PREFIX = b"tokens/bal/"
 
 
+_BALANCE_PREFIX_TEXT = BALANCE_PREFIX.decode()
+
+
 def balance_key(class_id: str, holder: str) -> bytes:
-    return BALANCE_PREFIX + class_id.encode() + b"/" + holder.encode()
+    # One encode of one f-string: the same bytes as prefix + class + "/" + holder, each
+    # encoded, since UTF-8 encodes a concatenation piecewise.
+    return f"{_BALANCE_PREFIX_TEXT}{class_id}/{holder}".encode()
 
 
-def balance_of(state: StateView, class_id: str, holder: str) -> int:
-    raw = state.get(balance_key(class_id, holder))
+def _balance_at(state: StateView, key: bytes) -> int:
+    raw = state.get(key)
     if raw is None:
         return 0
     value = decode_stored(raw)
@@ -30,8 +35,11 @@ def balance_of(state: StateView, class_id: str, holder: str) -> int:
     return value
 
 
-def _set_balance(state: StateView, class_id: str, holder: str, amount: int) -> None:
-    key = balance_key(class_id, holder)
+def balance_of(state: StateView, class_id: str, holder: str) -> int:
+    return _balance_at(state, balance_key(class_id, holder))
+
+
+def _set_balance_at(state: StateView, key: bytes, amount: int) -> None:
     if amount == 0:
         state.delete(key)
     else:
@@ -41,19 +49,21 @@ def _set_balance(state: StateView, class_id: str, holder: str, amount: int) -> N
 def credit(state: StateView, class_id: str, holder: str, amount: int) -> None:
     if amount < 0:
         raise RuleError("invalid_amount", f"cannot credit a negative amount {amount}")
-    _set_balance(state, class_id, holder, balance_of(state, class_id, holder) + amount)
+    key = balance_key(class_id, holder)
+    _set_balance_at(state, key, _balance_at(state, key) + amount)
 
 
 def debit(state: StateView, class_id: str, holder: str, amount: int) -> None:
     if amount < 0:
         raise RuleError("invalid_amount", f"cannot debit a negative amount {amount}")
-    current = balance_of(state, class_id, holder)
+    key = balance_key(class_id, holder)
+    current = _balance_at(state, key)
     if current < amount:
         raise RuleError(
             "insufficient_funds",
             f"{holder} holds {current} units of {class_id}, needs {amount}",
         )
-    _set_balance(state, class_id, holder, current - amount)
+    _set_balance_at(state, key, current - amount)
 
 
 def move(state: StateView, class_id: str, source: str, target: str, amount: int) -> None:

@@ -19,6 +19,8 @@ from ledger.receipt import Receipt, decode_receipt
 from ledger.rules import BlockContext, StateView, TxContext
 from ledger.state import MemoryBackend, WorldState
 from ledger.tx import sign_tx
+from txtypes.balances import BALANCE_PREFIX, balance_key
+from txtypes.tokens import class_key, token_class
 
 CHAIN = "perf-chain"
 SHARED_KEY = b"shared/config"
@@ -162,3 +164,47 @@ def test_receipt_with_an_out_of_range_result_integer_is_refused_like_the_codec_d
     receipt = Receipt.accepted(b"\x00" * 32, 0, {"too_big": 2**64})
     with pytest.raises(CodecError):
         receipt.encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(class_id=st.text(max_size=10), holder=st.text(max_size=45))
+def test_balance_key_is_prefix_class_slash_holder_in_utf8(class_id: str, holder: str) -> None:
+    try:
+        expected = BALANCE_PREFIX + class_id.encode() + b"/" + holder.encode()
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            balance_key(class_id, holder)
+        return
+    assert balance_key(class_id, holder) == expected
+
+
+def _class_record(**changes: Any) -> dict[str, Any]:
+    record = {"class_id": "food", "name": "Food", "budget": 1000, "categories": ["a", "b"],
+              "transferable": True, "expiry_height": 99, "redemption_cents_per_unit": 1,
+              "eligibility_schema": None, "treasury": "t", "defined_height": 1}
+    return {**record, **changes}
+
+
+def test_a_changed_class_record_copy_does_not_change_the_next_read() -> None:
+    base = MemoryKV({class_key("food"): encode(_class_record())})
+    first = token_class(base, "food")
+    assert first == _class_record()
+    first["categories"].append("weapons")
+    first["budget"] = 1
+    assert token_class(base, "food") == _class_record()
+
+
+def test_a_rewritten_class_record_is_read_as_rewritten() -> None:
+    base = MemoryKV({class_key("food"): encode(_class_record())})
+    assert token_class(base, "food") == _class_record()
+    base.apply({class_key("food"): encode(_class_record(categories=["c"], budget=5))})
+    assert token_class(base, "food") == _class_record(categories=["c"], budget=5)
+    nested = _class_record(extra={"deep": [1]})
+    base.apply({class_key("food"): encode(nested)})
+    got = token_class(base, "food")
+    assert got == nested
+    assert got is not None
+    got["extra"]["deep"].append(2)
+    assert token_class(base, "food") == nested
+    base.apply({class_key("food"): None})
+    assert token_class(base, "food") is None
