@@ -136,10 +136,42 @@ def owed_key(merchant: str) -> bytes:
     return OWED_PREFIX + merchant.encode()
 
 
+# Decoded class records by their stored bytes: every transfer and spend reads its class.
+# Same bytes, same record, so the cache cannot change an outcome, and a changed record
+# has new bytes. Callers get their own copy (lists included) and may change it freely.
+_CLASS_RECORDS_MAX = 1024
+_class_records: dict[bytes, tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def _decoded_class(raw: bytes) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    cached = _class_records.get(raw)
+    if cached is not None:
+        return cached
+    record = decode_stored(raw)
+    if not isinstance(record, dict):
+        return None
+    list_keys = tuple(key for key, value in record.items() if type(value) is list)
+    flat = all(type(value) is not dict for value in record.values()) and all(
+        type(item) not in (list, dict) for key in list_keys for item in record[key])
+    if not flat:  # a fresh decode, not shared: no copy needed, not cached
+        return record, ()
+    if len(_class_records) >= _CLASS_RECORDS_MAX:
+        _class_records.clear()
+    entry = _class_records[raw] = (record, list_keys)  # copying one level deep copies all
+    return entry
+
+
 def token_class(state: KeyValueReader, class_id: str) -> dict[str, Any] | None:
     """The class record, or None if no such class is defined."""
-    record = read_obj(state, class_key(class_id))
-    return dict(record) if isinstance(record, dict) else None
+    raw = state.get(class_key(class_id))
+    found = None if raw is None else _decoded_class(raw)
+    if found is None:
+        return None
+    record, list_keys = found
+    copied = dict(record)
+    for key in list_keys:
+        copied[key] = list(copied[key])
+    return copied
 
 
 def require_class(state: KeyValueReader, class_id: str) -> dict[str, Any]:
