@@ -387,7 +387,7 @@ class Node:
             elif kind == "tip":
                 self._on_peer_tip(peer, message.get("seq"))
             elif kind == "fetched":
-                self._on_fetched(message.get("items"))
+                self._on_fetched(peer, message.get("items"))
             else:
                 log.info("dropping peer frame of unknown kind %r from %s", kind, self.names[peer])
         except (LedgerError, ValueError, TypeError) as exc:
@@ -624,14 +624,21 @@ class Node:
             self.p2p.send(peer, {"k": "fetch", "from": first,
                                  "to": min(seq, first + FETCH_SEQS_MAX - 1)})
 
-    def _on_fetched(self, items: Any) -> None:
+    def _on_fetched(self, peer: bytes, items: Any) -> None:
         if not isinstance(items, list):
             raise MessageError("fetched frame needs a list")
+        last = 0
         for item in items[:FETCH_SEQS_MAX]:
             if not isinstance(item, dict) or not isinstance(item.get("payload"), bytes) \
                     or type(item.get("seq")) is not int:
                 raise MessageError("malformed fetched item")
             self.feed(CommittedFetched(item["seq"], item["payload"], proof_from_map(item["cert"])))
+            last = max(last, item["seq"])
+        # Ask for the next range at once instead of at the next tip announcement, so a
+        # long catch-up streams (the replica takes up to fetch_seqs_max ahead of execution).
+        if last and self._peer_seq.get(peer, 0) > last and self.p2p is not None:
+            self.p2p.send(peer, {"k": "fetch", "from": last + 1,
+                                 "to": min(self._peer_seq[peer], last + FETCH_SEQS_MAX)})
 
     # -- running ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
