@@ -69,9 +69,17 @@ class Checkpointing(ReplicaBase):
             if checkpoint is not None:
                 self._out.append(Send(BROADCAST, checkpoint))
 
+    def _send_stable_proof(self, to: int) -> None:
+        """Hand a lagging replica the quorum of checkpoints that made ours stable: it can
+        check them itself, move its watermarks up and fetch what lies below."""
+        for checkpoint in self.stable_proof.checkpoints:
+            if checkpoint.sender != to:
+                self._out.append(Send(to, checkpoint))
+
     def _send_status(self, to: int) -> None:
         """Tell a replica that seems stuck how far we executed (a signed checkpoint at our
         last executed seq), so that f+1 such answers let it catch up by fetching."""
+        self._send_stable_proof(to)
         if self.last_state_digest is None or self.last_executed <= self.low_seq:
             return
         checkpoint = self._signed_checkpoint(self.last_executed, self.last_state_digest)
@@ -81,6 +89,11 @@ class Checkpointing(ReplicaBase):
     def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
         # Off-interval checkpoints are status replies: they only tell us we are behind.
         if checkpoint.seq <= self.low_seq:
+            if (checkpoint.seq < self.low_seq and checkpoint.sender != self.me
+                    and signature_ok(self.config, checkpoint)):
+                # The sender is a whole checkpoint behind (catching up, or it missed the
+                # checkpoint messages): without a stable checkpoint its watermarks stay put.
+                self._send_stable_proof(checkpoint.sender)
             return
         known = self.checkpoint_votes.get(checkpoint.seq, {}).get(checkpoint.sender)
         if known is not None:
@@ -159,6 +172,8 @@ class Checkpointing(ReplicaBase):
             return
         self.fetch_peers = peers
         if FETCH_TIMER in self.timers:
+            if self.fetch_target and target > self.fetch_target:
+                self._fetch(target)  # already fetching and the goal moved up: ask for the rest
             return
         if target > self._high_seq() or self.fetch_target >= target:
             self._fetch(target)

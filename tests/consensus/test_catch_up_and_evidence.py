@@ -170,3 +170,28 @@ def test_a_certificate_above_a_never_committed_gap_does_not_stop_the_view_change
         assert cluster.replica(index).view == 1
         assert cluster.digests(index)[0] == NULL_DIGEST  # seq 1 was never committed
         assert sorted(cluster.requests_executed(index)) == sorted([request(0), request(1)])
+
+
+def test_a_replica_catching_up_is_handed_the_stable_checkpoint_and_votes_again() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=4)
+    cluster.crash(3)
+    for number in range(6):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    assert cluster.replica(0).low_seq == 6
+    cluster.restart(3)
+    # The node catches up on its own (e.g. from peers' announced tips): seqs 1 and 2.
+    for seq in (1, 2):
+        done = cluster.nodes[0].executed[seq - 1]
+        cluster.step(3, CommittedFetched(seq, done.payload, done.certificate))
+    cluster.run()  # its checkpoint for seq 2 reaches the others, who are at 6 ...
+    replica = cluster.replica(3)
+    assert replica.low_seq == 6  # ... and answer with their stable checkpoint's quorum
+    cluster.fire(FETCH_TIMER, [3])
+    cluster.run()
+    assert cluster.digests(3) == cluster.digests(0)
+    cluster.submit(6)
+    cluster.run()  # seq 7 lies above its old high watermark (4): it takes part again
+    assert any(isinstance(a, Send) and isinstance(a.message, Prepare) and a.message.seq == 7
+               for lst in cluster.nodes[3].action_lists for a in lst)
+    assert len(cluster.digests(3)) == 7
