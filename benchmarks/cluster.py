@@ -248,6 +248,13 @@ async def drive_load(network: Network, workload: Workload, opts: Options,
             drive.sending_ended_s = time.time()
             if in_flight:
                 await asyncio.wait(in_flight, timeout=opts.drain_s)
+            for task in list(in_flight):  # still unanswered: stop waiting, count them
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            for batch in drive.batches:
+                if not batch.done_s:
+                    batch.errors["unanswered_after_drain"] += batch.size
     finally:
         stop_sampling.set()
         await sampler
