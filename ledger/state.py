@@ -120,13 +120,22 @@ def _tree_updates(nodes: list[bytes], buckets: Mapping[int, bytes]) -> dict[int,
     changed = {BUCKET_COUNT + bucket: digest for bucket, digest in buckets.items()}
     level = sorted(changed)
     sha = hashlib.sha256
+    get = changed.get
     while level and level[0] > 1:
-        parents = sorted({index >> 1 for index in level})
-        for parent in parents:
-            left = changed.get(2 * parent) or nodes[2 * parent]
-            right = changed.get(2 * parent + 1) or nodes[2 * parent + 1]
+        # `level` is sorted, so its parents come out sorted with repeats next to each other.
+        parents: list[int] = []
+        previous = -1
+        for index in level:
+            parent = index >> 1
+            if parent == previous:
+                continue
+            previous = parent
+            parents.append(parent)
+            left = parent << 1
             # inline ledger.merkle.inner_hash: this loop is the hot part of a block's commit
-            changed[parent] = sha(b"\x01" + left + right).digest()
+            changed[parent] = sha(
+                b"\x01" + (get(left) or nodes[left]) + (get(left | 1) or nodes[left | 1])
+            ).digest()
         level = parents
     return changed
 
@@ -476,11 +485,16 @@ class WorldState:
                 else:
                     if type(value) is not bytes:
                         invariant(isinstance(value, bytes), f"state value for {key!r} is not bytes")
-                    record = _entry_record(key, value_hash(value))
+                    # inline _entry_record(key, value_hash(value)): once per written key
+                    digest = sha(value).digest()
+                    record = digest + sha(
+                        b"\x00" + len(key).to_bytes(2, "big") + key + digest).digest()
                     entries[key] = record
                     ops.append((STATE_PREFIX + key, value))
                     ops.append((entry_prefix + key, record))
-            new_hash = _bucket_hash_of_records(entries)
+            # inline _bucket_hash_of_records(entries)
+            new_hash = sha(b"\x02" + b"".join(
+                [entries[key][HASH_BYTES:] for key in sorted(entries)])).digest()
             old_hash = self._nodes[BUCKET_COUNT + bucket]
             if new_hash != old_hash:
                 new_buckets[bucket] = new_hash
