@@ -19,6 +19,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     setattr(item, f"rep_{report.when}", report)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tests/conftest.py gives every integration test one rerun; an expected failure (xfail
+    # on a known bug) needs none, and its second minute-long run would only slow the suite.
+    for item in items:
+        if item.get_closest_marker("xfail") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=0), append=False)
+
+
 @pytest.fixture
 def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """`make_cluster(nodes=4, consensus={...}, start=True)` -> a running Cluster.
