@@ -54,7 +54,8 @@ def next_nonce(state: KeyValueReader, address: str) -> int:
     if raw is None:
         return 0
     value = decode_stored(raw)
-    invariant(type(value) is int and value >= 0, f"corrupt nonce record for {address}")
+    if type(value) is not int or value < 0:  # the message only on failure: once per tx
+        raise InvariantViolation(f"corrupt nonce record for {address}")
     result: int = value
     return result
 

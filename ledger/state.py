@@ -324,11 +324,12 @@ _REMEMBERED_VALUES_MAX = 1 << 16
 
 
 class _StateReader:
-    """Committed state as a KeyValueReader (for ledger.overlay.Overlay).
+    """Committed state of one version as a KeyValueReader (for ledger.overlay.Overlay).
 
-    What it reads goes into `remembered`, the state's memo for the current version, so
-    that `prepare` finds the previous values for its undo record without reading LevelDB
-    again: the executor has just read nearly every key a block writes.
+    Reads go through `remembered`, the state's memo of values read at that version: a
+    sender's nonce read at admission is not read from LevelDB again when its block runs,
+    and `prepare` finds the previous values for its undo record there (the executor has
+    just read nearly every key a block writes). Make a new reader after an apply.
     """
 
     def __init__(self, backend: StateBackend, remembered: dict[bytes, bytes | None]) -> None:
@@ -336,10 +337,12 @@ class _StateReader:
         self._remembered = remembered
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._backend.get(STATE_PREFIX + key)
+        if key in self._remembered:
+            return self._remembered[key]
+        read = self._backend.get(STATE_PREFIX + key)
         if len(self._remembered) < _REMEMBERED_VALUES_MAX:
-            self._remembered[key] = value
-        return value
+            self._remembered[key] = read
+        return read
 
     def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         skip = len(STATE_PREFIX)

@@ -208,3 +208,27 @@ def test_a_rewritten_class_record_is_read_as_rewritten() -> None:
     assert token_class(base, "food") == nested
     base.apply({class_key("food"): None})
     assert token_class(base, "food") is None
+
+
+class CountingBackend(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.gets += 1
+        return super().get(key)
+
+
+def test_readers_of_one_version_share_reads_and_a_new_version_reads_afresh() -> None:
+    backend = CountingBackend()
+    state = _seeded_state(backend)
+    before = backend.gets
+    assert state.reader().get(b"k3") == encode(3)  # admission
+    assert state.reader().get(b"k3") == encode(3)  # the block's execution
+    assert state.reader().get(b"absent") is None
+    assert state.reader().get(b"absent") is None
+    assert backend.gets - before == 2
+    state.commit({b"k3": encode(33), b"absent": b"now"}, height=1)
+    assert state.reader().get(b"k3") == encode(33)
+    assert state.reader().get(b"absent") == b"now"
