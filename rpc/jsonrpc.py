@@ -108,9 +108,13 @@ def error_response(request_id: Any, code: int, message: str, data: Any = None) -
     return {"jsonrpc": "2.0", "id": request_id, "error": error_object(code, message, data)}
 
 
+# allow_nan=False: NaN and Infinity are not JSON and other clients would choke on them.
+# One encoder for all calls: json.dumps with options builds a new encoder every time.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_json(value: Any) -> bytes:
-    # allow_nan=False: NaN and Infinity are not JSON and other clients would choke on them.
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON_ENCODER.encode(value).encode()
 
 
 def error_body(code: int, message: str, data: Any = None) -> bytes:
@@ -175,6 +179,17 @@ def _check_request(item: Any) -> _Call | dict[str, Any]:
             None, INVALID_REQUEST, f"a request must be a JSON object, not {_json_type(item)}"
         )
     request_id = item.get("id")
+    method = item.get("method")
+    params = item.get("params")
+    # The common case in one pass of cheap checks; any doubt takes the path that names it.
+    if (type(method) is str and 0 < len(method) <= METHOD_NAME_CHARS_MAX
+            and item.get("jsonrpc") == "2.0" and REQUEST_MEMBERS.issuperset(item)
+            and (type(params) is dict or type(params) is list
+                 or (params is None and "params" not in item))
+            and (type(request_id) is int and -(2**63) <= request_id < 2**63
+                 or (type(request_id) is str and len(request_id) <= ID_STRING_CHARS_MAX)
+                 or request_id is None)):
+        return _Call(method, params, request_id, "id" not in item)
     echo_id = request_id if _valid_id(request_id) else None
 
     def invalid(reason: str) -> dict[str, Any]:
@@ -187,7 +202,6 @@ def _check_request(item: Any) -> _Call | dict[str, Any]:
         )
     if item.get("jsonrpc") != "2.0":
         return invalid('"jsonrpc" must be exactly "2.0"')
-    method = item.get("method")
     if not isinstance(method, str) or not method:
         return invalid('"method" must be a non-empty string')
     if len(method) > METHOD_NAME_CHARS_MAX:
@@ -195,7 +209,6 @@ def _check_request(item: Any) -> _Call | dict[str, Any]:
     unknown = sorted(set(item) - REQUEST_MEMBERS)
     if unknown:
         return invalid(f"unknown request members {unknown}")
-    params = item.get("params")
     if "params" in item and not isinstance(params, dict | list):
         return invalid(f'"params" must be an object or an array, not {_json_type(params)}')
     return _Call(method, params, request_id, "id" not in item)
