@@ -463,8 +463,12 @@ class Replica(ViewChanging):
             proof = slot.committed
             self.last_issued = slot.seq
             requests = self.config.requests_in(slot.payload) if slot.payload else []
+            if len(requests or []) < self.config.batch_requests_max:
+                self.spare_room_seen = True
             for request in requests or []:
-                self.pending.pop(request, None)
+                arrival = self.pending.pop(request, None)
+                if arrival is not None and arrival > self.request_mark:
+                    self.overtaken += 1
                 self.in_flight.pop(request, None)
                 self.queued.pop(request, None)
             self._out.append(Execute(slot.seq, proof.view, proof.digest, slot.payload, proof))
@@ -480,10 +484,7 @@ class Replica(ViewChanging):
         elif event.kind == BATCH_TIMER:
             self.batch_due = True
         elif event.kind == REQUEST_TIMER:
-            stale = any(arrival <= self.request_mark and digest not in self.in_flight
-                        for digest, arrival in self.pending.items())
-            if stale and not self.in_view_change and not self._is_primary():
-                self._start_view_change(self.view + 1)
+            self._on_request_timeout()
         elif event.kind == FETCH_TIMER:
             target, peers = self._behind_target()
             if target > self.last_issued and peers:
@@ -491,6 +492,30 @@ class Replica(ViewChanging):
                 self._fetch(target)
             else:
                 self.fetch_target = 0
+
+    def _on_request_timeout(self) -> None:
+        """A request known here for a whole timeout was not ordered: censorship, or not?"""
+        stale = any(arrival <= self.request_mark and digest not in self.in_flight
+                    for digest, arrival in self.pending.items())
+        if not stale or self.in_view_change or self._is_primary():
+            return
+        backlog = (self.last_executed > self.request_exec_mark and not self.spare_room_seen
+                   and self.overtaken < self.config.batch_requests_max)
+        if backlog:
+            # Every block since was full and later requests did not jump the queue: the
+            # primary is working through a backlog. Keep the mark; look again later.
+            self.request_exec_mark = self.last_executed
+            self._arm(REQUEST_TIMER, self.config.request_timeout_ticks)
+            return
+        target, peers = self._behind_target(claims_only=True)
+        if target > self.last_issued and peers:
+            # f+1 replicas executed further: the request may well be ordered already and
+            # this replica is only behind. Catch up rather than vote out the primary.
+            self.fetch_peers = peers
+            self._fetch(target)
+            self._arm(REQUEST_TIMER, self.config.request_timeout_ticks)
+            return
+        self._start_view_change(self.view + 1)
 
     def _on_progress_timeout(self) -> None:
         if self.in_view_change:
@@ -531,6 +556,9 @@ class Replica(ViewChanging):
             self._arm(BATCH_TIMER, self.config.batch_interval_ticks)
         if self.pending and REQUEST_TIMER not in self.timers:
             self.request_mark = self.arrivals
+            self.request_exec_mark = self.last_executed
+            self.spare_room_seen = False
+            self.overtaken = 0
             self._arm(REQUEST_TIMER, self.config.request_timeout_ticks)
         elif not self.pending:
             self._disarm(REQUEST_TIMER)

@@ -99,6 +99,13 @@ class ReplicaBase:
         self.timer_tokens = 0
         self.progress_mark = 0
         self.request_mark = 0
+        # Censorship evidence since the request timer was armed: executed sequences, and
+        # whether any executed proposal had room for more requests, and how many requests
+        # that arrived later were ordered first. Full blocks taken in arrival order are a
+        # backlog, not censorship.
+        self.request_exec_mark = 0
+        self.spare_room_seen = False
+        self.overtaken = 0  # executed requests that arrived here after the mark
         self.view_changes: dict[int, ViewChange] = {}  # latest verified, per sender
         self.own_new_view: NewView | None = None
         self.stash: dict[int, list[PrePrepare | Prepare | Commit]] = {}

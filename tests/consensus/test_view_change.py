@@ -314,3 +314,34 @@ def test_a_replica_jumping_to_a_new_view_forgets_proposals_of_the_old_one() -> N
     assert replica.in_flight == {}
     cluster.fire(REQUEST_TIMER, [6])
     assert replica.view == 2 and replica.in_view_change
+
+
+def test_a_backlog_of_full_blocks_in_arrival_order_is_not_taken_for_censorship() -> None:
+    cluster = Cluster()  # one request per block: every block is full
+    for number in range(4):
+        cluster.submit(number)
+    cluster.run(max_messages=30)  # the primary has ordered request 0 only
+    assert all(len(cluster.requests_executed(i)) == 1 for i in (1, 2, 3))
+    cluster.fire(REQUEST_TIMER, [1, 2, 3])  # re-armed: requests 1..3 are now the old ones
+    cluster.run(max_messages=30)  # request 1 ordered; 2 and 3 waited a whole timeout
+    assert all(len(cluster.requests_executed(i)) == 2 for i in (1, 2, 3))
+    assert cluster.fire(REQUEST_TIMER, [1, 2, 3]) == [1, 2, 3]
+    assert all(not cluster.replica(i).in_view_change for i in (1, 2, 3))
+    cluster.run()
+    for index in (1, 2, 3):
+        assert cluster.replica(index).view == 0
+        assert cluster.requests_executed(index) == [request(n) for n in range(4)]
+
+
+def test_later_requests_jumping_the_queue_still_count_as_censorship() -> None:
+    cluster = Cluster()  # full blocks, but request 9 is passed over for later ones
+    cluster.submit(9, to=[1, 2, 3])
+    for number in range(3):
+        cluster.submit(number)
+    cluster.run()
+    assert cluster.requests_executed(1) == [request(n) for n in range(3)]
+    assert cluster.fire(REQUEST_TIMER, [1, 2, 3]) == [1, 2, 3]
+    cluster.run()
+    for index in (1, 2, 3):
+        assert cluster.replica(index).view == 1
+        assert request(9) in cluster.requests_executed(index)
