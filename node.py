@@ -55,7 +55,7 @@ from consensus.events import (
 )
 from consensus.messages import NULL_DIGEST, MessageError, decode_message, encode_message
 from consensus.records import decode_record, encode_record
-from consensus.replica import Replica
+from consensus.replica import PROGRESS_TIMER, REQUEST_TIMER, Replica
 from ledger.block import Block, BlockError, CommitCertificate
 from ledger.chain import Chain, ProposalRejected, Speculation
 from ledger.crypto import KeyPair, sha256
@@ -63,6 +63,7 @@ from ledger.errors import CryptoError, LedgerError, invariant
 from ledger.executor import Executor, next_nonce
 from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_genesis
 from ledger.mempool import Mempool, MempoolLimits
+from ledger.quorum import fault_tolerance
 from ledger.record_log import RecordLog
 from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
@@ -84,6 +85,9 @@ FORWARD_BATCH_TXS_MAX = 1000
 FETCH_SEQS_MAX = 32
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 TIP_INTERVAL_S = 1.0
+STARTUP_GRACE_S = 2.5 * TIP_INTERVAL_S  # long enough to hear every peer's tip
+VIEW_TIMERS = frozenset({PROGRESS_TIMER, REQUEST_TIMER})
+TIMER_HOLD_MAX_S = 8.0
 CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
@@ -193,6 +197,7 @@ class Node:
         self.verifier = TxVerifier(self.chain_id)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started_ms = int(time.time() * 1000)
+        self._started_s = time.monotonic()
         self.p2p: PeerNetwork | None = None
         self.halted: str | None = None
 
@@ -359,9 +364,35 @@ class Node:
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
+        delay_s = action.delay_ticks * TICK_MS / 1000
         self._timers[action.kind] = loop.call_later(
-            action.delay_ticks * TICK_MS / 1000, self.feed, TimerFired(action.kind, action.token)
-        )
+            delay_s, self._timer_fired, TimerFired(action.kind, action.token), delay_s,
+            time.monotonic())
+
+    def _timer_fired(self, event: TimerFired, delay_s: float, armed_s: float) -> None:
+        """Deliver a timer, but hold view-change timers while this node is catching up.
+
+        A node that restarted behind sees requests it cannot yet see ordered and would
+        vote out a working primary alone, then sit in a view nobody joins. While f+1 peers
+        (so at least one honest) announce a higher executed sequence, or just after start
+        before any announcement could arrive, such a timer is re-armed instead; it fires
+        once the node has caught up, and the replica then judges progress itself. The hold
+        is bounded: a node that cannot catch up must still be able to change view (that is
+        also how a lagging replica learns the current view).
+        """
+        held_s = time.monotonic() - armed_s
+        if event.kind in VIEW_TIMERS and self._catching_up() and held_s < TIMER_HOLD_MAX_S:
+            self._timers[event.kind] = asyncio.get_running_loop().call_later(
+                delay_s, self._timer_fired, event, delay_s, armed_s)
+            return
+        self._timers.pop(event.kind, None)
+        self.feed(event)
+
+    def _catching_up(self) -> bool:
+        if time.monotonic() - self._started_s < STARTUP_GRACE_S:
+            return True
+        ahead = sum(1 for seq in self._peer_seq.values() if seq > self.executed_seq + 1)
+        return ahead >= fault_tolerance(len(self.validators)) + 1
 
     def _evidence(self, action: ReportEvidence) -> None:
         offender = self.names[self.validators[action.offender]]
