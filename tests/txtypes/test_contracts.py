@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,9 +12,9 @@ from pydantic import BaseModel
 
 from ledger.crypto import KeyPair
 from ledger.overlay import MemoryKV, Overlay
-from ledger.rules import BlockContext, RuleError, StateView, TxContext
-from ledger.tx import sign_tx
+from ledger.rules import RuleError, StateView, TxContext
 from tests.txtypes.conftest import Cast, Chain, city_genesis, city_modules
+from tests.txtypes.harness import FamilyHarness
 from txtypes.balances import balance_of, credit
 from txtypes.base import Payload
 from txtypes.contract_templates import Contract, Opening, builtin_templates
@@ -43,53 +42,15 @@ def define_class(state: Overlay, class_id: str, *, transferable: bool = True,
                    "expiry_height": expiry_height})
 
 
-class Harness:
+class Harness(FamilyHarness):
     """Runs contracts transactions the way the executor does: check, apply, in a child."""
 
     def __init__(self, genesis: Mapping[str, Any] | None = None,
                  family: ContractsFamily | None = None) -> None:
-        self.family = family or ContractsFamily()
-        self.state = Overlay(MemoryKV())
+        super().__init__(family or ContractsFamily(), START_HEIGHT)
         self.family.init_genesis(self.state, genesis or {})
         define_class(self.state, CLASS)
-        self.height = START_HEIGHT
-        self.nonces: dict[str, int] = defaultdict(int)
 
-    def block(self) -> BlockContext:
-        return BlockContext(CHAIN_ID, self.height, self.height * 1000, b"\x00" * 32)
-
-    def submit(self, signer: KeyPair, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        tx = sign_tx(signer, CHAIN_ID, "contracts", op, self.nonces[signer.address], payload)
-        self.nonces[signer.address] += 1
-        parsed = self.family.operations[op].model_validate(payload)
-        ctx = TxContext(tx=tx, payload=parsed, block=self.block(), index=0)
-        child = self.state.child()
-        try:
-            self.family.check(ctx, child)
-            result = self.family.apply(ctx, child)
-        except RuleError:
-            child.discard()
-            raise
-        child.merge_into(self.state)
-        return dict(result)
-
-    def rejected(self, signer: KeyPair, op: str, payload: dict[str, Any]) -> str:
-        """The rejection code; also proves the rejected transaction changed nothing."""
-        before = dict(self.state.writes)
-        with pytest.raises(RuleError) as info:
-            self.submit(signer, op, payload)
-        assert self.state.writes == before
-        assert info.value.reason
-        return info.value.code
-
-    def end_block(self) -> None:
-        self.family.end_block(self.block(), self.state)
-        self.height += 1
-
-    def run_to(self, height: int) -> None:
-        """End blocks up to and including `height`."""
-        while self.height <= height:
-            self.end_block()
 
     def fund(self, who: KeyPair, amount: int, class_id: str = CLASS) -> None:
         credit(self.state, class_id, who.address, amount)

@@ -15,10 +15,11 @@ import pytest
 from ledger.crypto import KeyPair
 from ledger.executor import Executor
 from ledger.overlay import MemoryKV, Overlay
-from ledger.rules import BlockContext, RuleError, TxContext
+from ledger.rules import BlockContext
 from ledger.state import WorldState
 from ledger.tx import sign_tx
 from tests.txtypes.conftest import Cast, city_genesis, city_modules
+from tests.txtypes.harness import FamilyHarness
 from txtypes.balances import balance_of, credit
 from txtypes.contracts import ContractsFamily
 from txtypes.energy import EnergyFamily, energy_market, interval_heights, interval_of, meter_get
@@ -48,54 +49,16 @@ def define_class(state: Overlay, class_id: str, *, transferable: bool = True,
                    "expiry_height": expiry_height})
 
 
-class EnergyHarness:
+class EnergyHarness(FamilyHarness):
     """Runs energy transactions the way the executor does: check, apply, in a child."""
 
     def __init__(self, genesis: Mapping[str, Any] | None = None,
                  start_height: int = START_HEIGHT) -> None:
-        self.family = EnergyFamily()
-        self.state = Overlay(MemoryKV())
+        super().__init__(EnergyFamily(), start_height)
         self.family.init_genesis(self.state, genesis or {"interval_blocks": INTERVAL_BLOCKS})
         grant_role(self.state, UTILITY.address, "utility")
         define_class(self.state, CLASS)
-        self.height = start_height
-        self.nonces: dict[str, int] = defaultdict(int)
 
-    def block(self) -> BlockContext:
-        return BlockContext(CHAIN_ID, self.height, self.height * 1000, b"\x00" * 32)
-
-    def submit(self, signer: KeyPair, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        tx = sign_tx(signer, CHAIN_ID, "energy", op, self.nonces[signer.address], payload)
-        self.nonces[signer.address] += 1
-        parsed = self.family.operations[op].model_validate(payload)
-        ctx = TxContext(tx=tx, payload=parsed, block=self.block(), index=0)
-        child = self.state.child()
-        try:
-            self.family.check(ctx, child)
-            result = self.family.apply(ctx, child)
-        except RuleError:
-            child.discard()
-            raise
-        child.merge_into(self.state)
-        return dict(result)
-
-    def rejected(self, signer: KeyPair, op: str, payload: dict[str, Any]) -> str:
-        """The rejection code; also proves the rejected transaction changed nothing."""
-        before = dict(self.state.writes)
-        with pytest.raises(RuleError) as info:
-            self.submit(signer, op, payload)
-        assert self.state.writes == before
-        assert info.value.reason
-        return info.value.code
-
-    def end_block(self) -> None:
-        self.family.end_block(self.block(), self.state)
-        self.height += 1
-
-    def run_to(self, height: int) -> None:
-        """End blocks up to and including `height`."""
-        while self.height <= height:
-            self.end_block()
 
     def register(self, meter: KeyPair, owner: KeyPair, zone: str = "north") -> str:
         result = self.submit(UTILITY, "register_meter", {
