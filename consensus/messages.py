@@ -19,7 +19,7 @@ their signatures still verify. `decode_message` turns peer bytes into a message 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ledger.codec import DECODE_BYTES_MAX, decode_map, encode
 from ledger.crypto import HASH_BYTES, SIGNATURE_BYTES, signing_payload
@@ -105,14 +105,16 @@ class PrePrepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
+class _Vote:
+    """PREPARE and COMMIT carry the same fields; only their kind (and signing domain) differ."""
+
     view: int
     seq: int
     digest: bytes
     sender: int
     signature: bytes
 
-    kind = "prepare"
+    kind: ClassVar[str] = ""
 
     def validate(self) -> str | None:
         reason = _common(self.view, self.seq, self.sender, self.signature)
@@ -131,29 +133,13 @@ class Prepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
-    view: int
-    seq: int
-    digest: bytes
-    sender: int
-    signature: bytes
+class Prepare(_Vote):
+    kind: ClassVar[str] = "prepare"
 
-    kind = "commit"
 
-    def validate(self) -> str | None:
-        reason = _common(self.view, self.seq, self.sender, self.signature)
-        if reason:
-            return reason
-        if self.seq == 0:
-            return "seq starts at 1"
-        return None if _hash(self.digest) else f"digest must be {HASH_BYTES} bytes"
-
-    def body(self) -> list[Any]:
-        return [self.view, self.seq, self.digest]
-
-    def to_map(self) -> dict[str, Any]:
-        return {"type": self.kind, "view": self.view, "seq": self.seq, "digest": self.digest,
-                "sender": self.sender, "sig": self.signature}
+@dataclass(frozen=True, slots=True)
+class Commit(_Vote):
+    kind: ClassVar[str] = "commit"
 
 
 @dataclass(frozen=True, slots=True)
