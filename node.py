@@ -628,9 +628,9 @@ class Node:
                 continue
             cert = entry.certificate
             assert cert is not None
-            items.append({"seq": entry.seq, "payload": entry.block.encode(), "cert": {
-                "view": cert.view, "seq": cert.seq, "digest": cert.block_hash,
-                "signatures": [list(pair) for pair in cert.signatures]}})
+            proof = CommitProof(cert.view, cert.seq, cert.block_hash, cert.signatures)
+            items.append({"seq": entry.seq, "payload": entry.block.encode(),
+                          "cert": proof_to_map(proof)})
         if items and self.p2p is not None:
             self.p2p.send(peer, {"k": "fetched", "items": items})
 
