@@ -57,8 +57,13 @@ def check_prepared_cert(config: ReplicaConfig, cert: PreparedCert) -> str | None
 
 
 def check_checkpoint_proof(config: ReplicaConfig, proof: CheckpointProof) -> str | None:
-    if proof.seq == 0:
-        return None if not proof.checkpoints else "the genesis checkpoint needs no votes"
+    if proof.seq < config.base_seq:
+        return "checkpoint precedes this validator set's epoch"
+    if proof.seq == config.base_seq:
+        # The epoch's base is settled by the previous set: no votes, and one known state.
+        if proof.checkpoints or (proof.seq and proof.state_digest != config.base_state_digest):
+            return "the epoch's base checkpoint needs no votes and has a known state"
+        return None
     if proof.seq % config.checkpoint_interval_seqs:
         return "checkpoint seq is not a multiple of the checkpoint interval"
     senders = {c.sender for c in proof.checkpoints}

@@ -58,6 +58,11 @@ class ReplicaConfig:
     stash_per_sender_max: int = 256
     # 0 = derived from ledger.quorum.quorum_size. Only the simulator's canary lowers it.
     quorum: int = 0
+    # Where this validator set's epoch starts (ledger/epochs.py): sequences up to base_seq
+    # were settled by the previous set, so base_seq acts as a stable checkpoint needing no
+    # votes, with the state digest every node reached there. 0 = genesis.
+    base_seq: int = 0
+    base_state_digest: bytes = bytes(32)
     faults: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -74,6 +79,8 @@ class ReplicaConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.watermark_window_seqs < self.checkpoint_interval_seqs:
             raise ConfigError("the watermark window must cover a checkpoint interval")
+        if self.base_seq < 0 or len(self.base_state_digest) != 32:
+            raise ConfigError("base_seq must be >= 0 and base_state_digest 32 bytes")
         if self.pipeline_window > self.watermark_window_seqs:
             raise ConfigError("the pipeline window cannot exceed the watermark window")
         if self.signer.public_key not in self.validators:

@@ -77,10 +77,12 @@ class ReplicaBase:
         self.view = 0
         self.in_view_change = False
         self.view_change_attempts = 0
-        self.low_seq = 0  # stable checkpoint (low watermark)
-        self.stable_proof: CheckpointProof = GENESIS_PROOF
-        self.last_executed = 0  # reported by the node
-        self.last_issued = 0  # Execute actions emitted
+        self.low_seq = config.base_seq  # stable checkpoint (low watermark)
+        self.stable_proof: CheckpointProof = (
+            GENESIS_PROOF if config.base_seq == 0
+            else CheckpointProof(config.base_seq, config.base_state_digest, ()))
+        self.last_executed = config.base_seq  # reported by the node
+        self.last_issued = config.base_seq  # Execute actions emitted
         self.state_digests: dict[int, bytes] = {}
         self.last_state_digest: bytes | None = None
         self.slots: dict[int, Slot] = {}
@@ -92,7 +94,7 @@ class ReplicaBase:
         # Pending requests not in flight, in arrival order: kept alongside `pending` and
         # `in_flight` so proposing and timer upkeep never scan every pending request.
         self.queued: dict[bytes, None] = {}
-        self.next_seq = 1
+        self.next_seq = config.base_seq + 1
         self.building: tuple[int, int] | None = None
         self.batch_due = False
         self.timers: dict[str, int] = {}

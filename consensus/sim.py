@@ -137,8 +137,12 @@ class Outcome:
 
 class Simulation:
     def __init__(self, scenario: Scenario, real_crypto: bool = False,
-                 amnesia: bool = False) -> None:
+                 amnesia: bool = False, base_seq: int = 0) -> None:
         self.s = scenario
+        # base_seq > 0: the validators start a new epoch (ledger/epochs.py) whose history up
+        # to base_seq was settled by a previous set; the run must go on from there.
+        self.base_seq = base_seq
+        self.base_state = sha256(b"epoch base %d" % base_seq) if base_seq else bytes(32)
         # Canary: nodes that drop the signing guard's records, so a restart forgets votes.
         self.amnesia = amnesia
         self.rng = random.Random(f"run:{scenario.seed}")
@@ -156,6 +160,8 @@ class Simulation:
                 config = self._config(validator_keys[index], quorum)
                 host = Host(len(self.hosts), index, validator_keys[index], config, faulty,
                             scenario.behaviours.get(index, []))
+                host.height = base_seq
+                host.states[base_seq] = self.base_state
                 host.replica = Replica(config)
                 host.twin_copy = copy if copies == 2 else -1
                 self.hosts.append(host)
@@ -183,6 +189,7 @@ class Simulation:
             batch_interval_ticks=3, view_timeout_ticks=30, backoff_exponent_max=4,
             request_timeout_ticks=90, fetch_timeout_ticks=15, fetch_seqs_max=8,
             stash_per_sender_max=64, quorum=quorum,
+            base_seq=self.base_seq, base_state_digest=self.base_state,
         )
 
     # -- scheduling -------------------------------------------------------------------------
@@ -557,9 +564,10 @@ class Simulation:
 
 def run_seed(seed: int, nodes: int = 4, byzantine: int | None = None,
              faults: frozenset[str] = FAULT_KINDS, canary: bool = False,
-             real_crypto: bool = False, amnesia: bool = False) -> Outcome:
+             real_crypto: bool = False, amnesia: bool = False, base_seq: int = 0) -> Outcome:
     scenario = draw_scenario(seed, nodes, byzantine, faults, canary)
-    return Simulation(scenario, real_crypto=real_crypto, amnesia=amnesia).run()
+    return Simulation(scenario, real_crypto=real_crypto, amnesia=amnesia,
+                      base_seq=base_seq).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,7 +585,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="nodes lose the signing guard's records across restarts")
     parser.add_argument("--real-crypto", action="store_true", help="Ed25519 instead of sim keys")
     parser.add_argument("--verbose", action="store_true", help="print every seed's line")
+    parser.add_argument("--base-seq", type=int, default=0,
+                        help="start as a new validator-set epoch after this seq (multiple of 12)")
     args = parser.parse_args(argv)
+    if args.base_seq < 0 or args.base_seq % 12:
+        parser.error("--base-seq must be a non-negative multiple of 12 (every interval divides it)")
     faults = frozenset(f for f in args.faults.split(",") if f)
     unknown = faults - FAULT_KINDS
     if unknown:
@@ -586,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     safety = liveness = 0
     for seed in seeds:
         outcome = run_seed(seed, args.nodes, args.byzantine, faults, args.canary, args.real_crypto,
-                           args.canary_amnesia)
+                           args.canary_amnesia, args.base_seq)
         safety += bool(outcome.safety)
         liveness += bool(outcome.liveness and not outcome.safety)
         if outcome.safety or outcome.liveness or args.verbose or args.seed is not None:
