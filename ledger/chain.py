@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockError, CommitCertificate, Header, tx_root_of
+from ledger.epochs import EpochHistory
 from ledger.errors import LedgerError, invariant
 from ledger.executor import BlockResult, Executor
 from ledger.genesis import Genesis
@@ -53,10 +54,14 @@ class Chain:
         state: WorldState,
         executor: Executor,
         primary_of: Callable[[int], bytes],
+        epochs: EpochHistory | None = None,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.validators = [v.public_key_bytes for v in genesis.validators]
+        # Certificates are checked against the set (and signing domain) of their
+        # sequence's epoch; without a history, genesis's set certifies everything.
+        self.epochs = epochs
         self.store = store
         self.state = state
         self.executor = executor
@@ -158,12 +163,41 @@ class Chain:
         )
         self.state.apply_prepared(speculation.prepared)
 
+    def commit_certified_run(
+        self, run: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]],
+    ) -> tuple[list[Speculation], ProposalRejected | None]:
+        """Catch-up: validate, execute and commit consecutive certified blocks, one fsync.
+
+        Each block's certificate must already be checked by the caller (consensus checks
+        every commit proof before it asks to execute) and its `txs` decoded and verified.
+        Headers and hash links are checked here, block by block, before each is written;
+        every block is one atomic batch, and the run is made durable by one sync at the
+        end. Stops at the first invalid block and returns the committed prefix (durable
+        too) with the reason.
+        """
+        committed: list[Speculation] = []
+        rejected: ProposalRejected | None = None
+        try:
+            for block, cert, txs in run:
+                if cert.block_hash != block.hash:
+                    raise ProposalRejected("certificate is for another block")
+                speculation = self.validate(block, txs, now_ms=None)
+                self.store.append(block, cert, speculation.result.encoded_receipts,
+                                  speculation.prepared.ops, sync=False)
+                self.state.apply_prepared(speculation.prepared)
+                committed.append(speculation)
+        except ProposalRejected as exc:
+            rejected = exc
+        if committed:
+            self.store.sync()
+        return committed, rejected
+
     def apply_certified(
         self, block: Block, cert: CommitCertificate,
         verify_txs: Callable[[Sequence[bytes]], list[Tx | TxError]] | None = None,
     ) -> Speculation:
         """Catch-up: check a fetched block and its certificate, execute and commit it."""
-        problem = cert.verify(self.chain_id, self.validators)
+        problem = self.check_certificate(cert)
         if problem is not None:
             raise ProposalRejected(f"commit certificate: {problem}")
         if cert.block_hash != block.hash:
@@ -178,6 +212,13 @@ class Chain:
         speculation = self.validate(block, txs, now_ms=None)
         self.commit(speculation, cert)
         return speculation
+
+    def check_certificate(self, cert: CommitCertificate) -> str | None:
+        """None when `cert` is a quorum of its epoch's validators, else the reason."""
+        if self.epochs is None:
+            return cert.verify(self.chain_id, self.validators)
+        epoch = self.epochs.at_seq(cert.seq)
+        return cert.verify(epoch.domain(self.chain_id), epoch.keys)
 
     def _verify_all(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
         return [decode_and_verify(raw, self.chain_id) for raw in raws]

@@ -8,11 +8,12 @@ height and says why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, CommitCertificate, Header, receipts_root_of
 from ledger.crypto import sha256
+from ledger.epochs import EpochHistory
 from ledger.errors import CodecError
 from ledger.store import BlockStore
 
@@ -43,7 +44,7 @@ def _check_block(
     prev_hash: bytes,
     prev_seq: int,
     chain_id: str,
-    validators: Sequence[bytes],
+    certifiers: Callable[[int], tuple[str, Sequence[bytes]]],
 ) -> tuple[bytes, int]:
     """Check one stored block; returns (its hash, its certificate seq) or raises _Bad."""
     try:
@@ -86,16 +87,28 @@ def _check_block(
         raise _Bad(f"certificate sequence {cert.seq} does not increase past {prev_seq}")
     if cert.view < header.view:
         raise _Bad(f"certificate view {cert.view} precedes the proposal view {header.view}")
-    problem = cert.verify(chain_id, validators)
+    domain, validators = certifiers(cert.seq)
+    problem = cert.verify(domain, validators)
     if problem is not None:
         raise _Bad(f"commit certificate invalid: {problem}")
     return block.hash, cert.seq
 
 
 def verify_chain(
-    store: BlockStore, genesis_hash: bytes, chain_id: str, validators: Sequence[bytes]
+    store: BlockStore, genesis_hash: bytes, chain_id: str, validators: Sequence[bytes],
+    epochs: EpochHistory | None = None,
 ) -> VerifyReport:
-    """Recheck the whole stored chain; the report names the first bad height, if any."""
+    """Recheck the whole stored chain; the report names the first bad height, if any.
+
+    With `epochs`, each certificate is checked against the validator set and signing
+    domain of its sequence's epoch (validator-set changes); else against `validators`.
+    """
+    def certifiers(seq: int) -> tuple[str, Sequence[bytes]]:
+        if epochs is None:
+            return chain_id, validators
+        epoch = epochs.at_seq(seq)
+        return epoch.domain(chain_id), epoch.keys
+
     stored_genesis = store.genesis_hash()
     if stored_genesis is None:
         return VerifyReport(False, 0, 0, 0, "the store has no genesis")
@@ -107,7 +120,7 @@ def verify_chain(
     for height in range(1, tip_height + 1):
         try:
             prev_hash, prev_seq = _check_block(store, height, prev_hash, prev_seq, chain_id,
-                                               validators)
+                                               certifiers)
         except _Bad as bad:
             return VerifyReport(False, height - 1, tip_height, height, bad.reason)
     if prev_hash != tip_hash:
