@@ -46,10 +46,17 @@ def epoch_domain(chain_id: str, number: int) -> str:
 
 def parse_validator_set(entries: Iterable[Mapping[str, Any]]) -> tuple[ValidatorSpec, ...]:
     """Validators as genesis.json would accept them; EpochError names the first problem."""
-    try:
-        validators = tuple(ValidatorSpec.model_validate(dict(entry)) for entry in entries)
-    except (ValidationError, TypeError, ValueError) as exc:
-        raise EpochError(f"invalid validator entry: {exc}") from exc
+    parsed: list[ValidatorSpec] = []
+    for index, entry in enumerate(entries):
+        try:
+            parsed.append(ValidatorSpec.model_validate(dict(entry)))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise EpochError(f"invalid validator entry {index} ({where}): {first['msg']}") from exc
+        except (TypeError, ValueError) as exc:
+            raise EpochError(f"invalid validator entry {index}: {exc}") from exc
+    validators = tuple(parsed)
     if not validators:
         raise EpochError("a validator set needs at least one validator")
     for what, values in (("name", [v.name for v in validators]),

@@ -35,6 +35,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from ledger.codec import decode_stored
+from ledger.epochs import EpochError, parse_validator_set
 from ledger.overlay import KeyValueReader
 from ledger.rules import BlockContext, RuleError, StateView, TxContext
 from txtypes.base import Payload, TxFamily
@@ -233,6 +234,10 @@ def _validate_action(state: StateView, action: Mapping[str, Any]) -> None:
         keys = [entry["public_key"] for entry in validators]
         if len(set(keys)) != len(keys):
             raise RuleError("invalid_validators", "a validator public key appears twice")
+        try:  # the same rules the node applies when the set takes over (ledger/epochs.py)
+            parse_validator_set(validators)
+        except EpochError as exc:
+            raise RuleError("invalid_validators", exc.reason) from exc
 
 
 def _validate_param(state: StateView, module: str, name: str, value: Any) -> None:

@@ -252,6 +252,11 @@ def test_validator_set_must_be_non_empty_and_without_duplicates(chain: Chain) ->
     bad_key = [{**validator("v1", 1), "public_key": "zz"}]
     chain.reject(Cast.treasury, "governance", "propose",
                  {"kind": "set_validators", "validators": bad_key}, code="invalid_payload")
+    # Anything genesis.json would refuse for a validator cannot become the set either.
+    for bad in ({"name": "Road Works"}, {"p2p_address": "10.0.0.1:26601"}):
+        entries = [validator("v1", 1), {**validator("v2", 2), **bad}]
+        chain.reject(Cast.treasury, "governance", "propose",
+                     {"kind": "set_validators", "validators": entries}, code="invalid_validators")
 
 
 def test_open_proposals_are_capped() -> None:
