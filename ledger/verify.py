@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ledger.block import Block, CommitCertificate, Header, receipts_root_of
 from ledger.crypto import sha256
-from ledger.epochs import EpochHistory
+from ledger.epochs import EpochError, EpochHistory, due_epoch
 from ledger.errors import CodecError
 from ledger.store import BlockStore
 
@@ -29,6 +30,8 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.ok:
             return f"ok: {self.blocks_checked} blocks verified, tip height {self.tip_height}"
+        if self.first_bad_height is None:
+            return f"BAD: {self.reason}"
         return f"BAD at height {self.first_bad_height}: {self.reason}"
 
 
@@ -130,3 +133,34 @@ def verify_chain(
         return VerifyReport(False, tip_height, tip_height, tip_height + 1,
                             "a block is stored above the tip")
     return VerifyReport(True, tip_height, tip_height)
+
+
+def verify_epochs(
+    epochs: EpochHistory,
+    checkpoint_interval_seqs: int,
+    pending_at_seq: Callable[[int], Any],
+) -> str | None:
+    """Recheck that each recorded validator-set epoch is the one agreed state implies.
+
+    Epoch n starting at seq S+1 must have S on a checkpoint boundary, the approved change
+    in the state at S must be change n with exactly this set, and the state at the
+    boundary before must not already have held it (else the switch was due earlier).
+    `pending_at_seq(seq)` is the pending-change record in the state after `seq`, or None.
+    Returns None when every epoch checks out, else the reason.
+    """
+    history = epochs.all()
+    for previous, epoch in zip(history, history[1:], strict=False):
+        base = epoch.first_seq - 1
+        try:
+            due = due_epoch(base, checkpoint_interval_seqs, pending_at_seq(base), previous)
+            earlier = (due_epoch(base - checkpoint_interval_seqs, checkpoint_interval_seqs,
+                                 pending_at_seq(base - checkpoint_interval_seqs), previous)
+                       if base - checkpoint_interval_seqs >= previous.first_seq else None)
+        except EpochError as exc:
+            return f"epoch {epoch.number}: {exc.reason}"
+        if due != epoch:
+            return (f"epoch {epoch.number} from seq {epoch.first_seq} is not what the state "
+                    f"at seq {base} approved")
+        if earlier is not None:
+            return f"epoch {epoch.number} was due at an earlier checkpoint"
+    return None

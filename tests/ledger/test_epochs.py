@@ -21,7 +21,7 @@ from ledger.epochs import (
 )
 from ledger.errors import InvariantViolation
 from ledger.quorum import quorum_size
-from ledger.verify import verify_chain
+from ledger.verify import verify_chain, verify_epochs
 from tests.ledger.test_chain import CHAIN, NOW_MS, _genesis, _open_chain, _txs
 
 
@@ -147,3 +147,23 @@ def test_verify_chain_checks_certificates_per_epoch_and_catches_a_forged_epoch(
     bad_history.record(Epoch(1, 3, parse_validator_set(_entries(tampered))))
     report = verify_chain(chain.store, genesis.hash, CHAIN, keys, bad_history)
     assert not report.ok and report.first_bad_height == 3
+
+
+def test_recorded_epochs_must_be_what_the_state_at_their_boundary_approved(
+        old_keys: list[KeyPair], new_keys: list[KeyPair], tmp_path: Path) -> None:
+    genesis = _genesis(old_keys)
+    history = EpochHistory(_open_chain(tmp_path / "a", genesis).store.db, genesis)
+    history.record(Epoch(1, 33, parse_validator_set(_entries(new_keys))))
+    approved = {"change_id": 1, "validators": _entries(new_keys)}
+
+    def approved_from(first_seq: int) -> Any:
+        return lambda seq: approved if seq >= first_seq else None
+
+    assert verify_epochs(history, 16, approved_from(20)) is None  # due at 32, switched at 32
+    problem = verify_epochs(history, 16, approved_from(10))  # due at 16 already
+    assert problem is not None and "earlier" in problem
+    problem = verify_epochs(history, 16, lambda seq: None)  # nothing approved at all
+    assert problem is not None and "not what the state" in problem
+    other = {"change_id": 1, "validators": _entries(old_keys)}
+    problem = verify_epochs(history, 16, lambda seq: other if seq >= 20 else None)
+    assert problem is not None and "not what the state" in problem
