@@ -94,6 +94,45 @@ def cmd_genesis_init(args: argparse.Namespace) -> None:
     _emit(args, data, "\n".join(lines))
 
 
+def cmd_node_init(args: argparse.Namespace) -> None:
+    """A home for a node joining an existing network (a new agency's validator-to-be)."""
+    from ledger.crypto import KeyPair
+    from ledger.epochs import EpochError, parse_validator_set
+    from ledger.errors import CryptoError
+    from ledger.genesis import GenesisError, load_genesis
+    from p2p.tls import write_node_tls
+
+    home = Path(args.home)
+    if (home / "node_key.json").exists() or (home / "config.json").exists():
+        raise CliError(f"{home} already holds a node; choose an empty directory")
+    try:
+        genesis = load_genesis(Path(args.genesis))
+    except GenesisError as exc:
+        raise CliError(f"{args.genesis}: {exc.reason}") from exc
+    key = KeyPair.generate()
+    entry = {"name": args.name, "public_key": key.public_key.hex(),
+             "p2p_address": args.p2p, "rpc_address": args.rpc}
+    try:  # the entry governance will be asked to approve must be a valid one
+        parse_validator_set([entry])
+    except EpochError as exc:
+        raise CliError(exc.reason) from exc
+    taken = {v.name for v in genesis.validators} | {v.public_key for v in genesis.validators}
+    if args.name in taken:
+        raise CliError(f"validator name {args.name!r} is already in genesis")
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        key.save(home / "node_key.json")
+    except CryptoError as exc:
+        raise CliError(exc.reason) from exc
+    write_node_tls(key, home / "tls")
+    (home / "genesis.json").write_text(Path(args.genesis).read_text())
+    config = {"node_name": args.name, "p2p_listen": args.p2p, "rpc_listen": args.rpc}
+    (home / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _emit(args, {"home": str(home), "validator_entry": entry},
+          f"node home: {home}\nits entry for a governance set_validators proposal:\n"
+          f"{json.dumps(entry)}")
+
+
 def cmd_node_start(args: argparse.Namespace) -> None:
     import node
 
@@ -493,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     node_cmd = commands.add_parser("node", help="run a validator node")
     node_sub = node_cmd.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    sub = add(node_sub, "init", cmd_node_init,
+              "make a home for a node joining an existing network (prints its validator entry)")
+    sub.add_argument("--home", required=True, help="new node home directory")
+    sub.add_argument("--genesis", required=True, help="the network's genesis.json")
+    sub.add_argument("--name", required=True, help="agency name, e.g. health")
+    sub.add_argument("--p2p", required=True, help="host:port other validators dial")
+    sub.add_argument("--rpc", required=True, help="host:port of its JSON-RPC")
     sub = add(node_sub, "start", cmd_node_start, "start the node in HOME (runs until SIGTERM)")
     sub.add_argument("--home", required=True)
     sub.add_argument("--log-format", choices=("text", "json"), default="text")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import cli
+from ledger.crypto import KeyPair
 from txtypes.queries import FAMILY_QUERIES
 
 
@@ -57,7 +58,8 @@ COMMANDS = every_command_path()
 
 def test_parser_has_every_command_the_operator_needs() -> None:
     names = {" ".join(path) for path in COMMANDS}
-    for required in ("keys new", "keys show", "genesis init", "node start", "testnet up",
+    for required in ("keys new", "keys show", "genesis init", "node init", "node start",
+                     "testnet up",
                      "status", "tx", "query block", "query tx", "query state", "verify-chain",
                      "demo"):
         assert required in names
@@ -157,6 +159,31 @@ def test_genesis_init_json_lists_homes_and_rpc_urls(tmp_path: Path,
     code, _, err = run(["genesis", "init", "--out", str(out_dir)], capsys)
     assert code == 1
     assert_one_line_error(err, "exists")
+
+
+def test_node_init_makes_a_joining_home_and_prints_its_validator_entry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = tmp_path / "net"
+    assert run(["genesis", "init", "--out", str(net)], capsys)[0] == 0
+    home = tmp_path / "joiner"
+    def init(home: Path, name: str = "health", rpc: str = "127.0.0.1:30300") -> list[str]:
+        return ["node", "init", "--home", str(home), "--genesis", str(net / "genesis.json"),
+                "--name", name, "--p2p", "127.0.0.1:30200", "--rpc", rpc]
+
+    code, out, _ = run([*init(home), "--json"], capsys)
+    assert code == 0
+    entry = json.loads(out)["validator_entry"]
+    assert entry["public_key"] == KeyPair.load(home / "node_key.json").public_key.hex()
+    assert (entry["name"], entry["p2p_address"]) == ("health", "127.0.0.1:30200")
+    assert (home / "tls").is_dir() and (home / "genesis.json").read_bytes() == (
+        net / "genesis.json").read_bytes()
+    assert json.loads((home / "config.json").read_text())["rpc_listen"] == "127.0.0.1:30300"
+    for argv, reason in ((init(home), "already holds a node"),  # never overwrites a key
+                         (init(tmp_path / "b", name="treasury"), "already in genesis"),
+                         (init(tmp_path / "c", rpc="not-an-endpoint"), "host:port")):
+        code, _, err = run(argv, capsys)
+        assert code == 1
+        assert_one_line_error(err, reason)
 
 
 def test_tx_with_missing_key_file_exits_1(tmp_path: Path,
