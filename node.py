@@ -1,7 +1,8 @@
 """The validator node: one asyncio loop wiring store, state, replica, mempool, p2p and RPC.
 
 The replica (consensus/) decides; this module performs what it asks, in order:
-  Persist   -> appended to the record log in one synced batch before the next action
+  Persist   -> appended to the record log by the writer thread (one synced batch for
+               all records pending at once); every later action waits until it is durable
   Send      -> framed to peers by p2p/
   Build/Validate/Execute -> done by the ledger's Chain, one job at a time, in arrival
                order (a block is executed once: when built or validated; Execute writes it)
@@ -22,8 +23,9 @@ import os
 import signal
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,31 +60,35 @@ from consensus.records import decode_record, encode_record
 from consensus.replica import PROGRESS_TIMER, REQUEST_TIMER, Replica
 from ledger.block import Block, BlockError, CommitCertificate
 from ledger.chain import Chain, ProposalRejected, Speculation
+from ledger.codec import decode_stored
 from ledger.crypto import KeyPair, sha256
+from ledger.epochs import Epoch, EpochError, EpochHistory, due_epoch
 from ledger.errors import CryptoError, LedgerError, invariant
 from ledger.executor import Executor, next_nonce
 from ledger.genesis import Genesis, GenesisError, build_genesis_state, load_genesis
 from ledger.mempool import Mempool, MempoolLimits
 from ledger.quorum import fault_tolerance
-from ledger.record_log import RecordLog
+from ledger.record_log import RecordLog, RecordWrite
 from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
 from ledger.store import BlockStore, StoreError
 from ledger.tx import Tx, TxError
 from ledger.tx_verifier import TxVerifier
-from ledger.verify import VerifyReport, verify_chain
+from ledger.verify import VerifyReport, verify_chain, verify_epochs
 from p2p import PeerNetwork
 from p2p.tls import CERT_FILE_NAME, KEY_FILE_NAME
 from rpc.methods import jsonable
 from rpc.node_methods import TxWaiters, build_node_methods
 from rpc.server import create_rpc_app, start_rpc_server
 from txtypes.base import ModuleNotInstalled, load_modules
+from txtypes.governance import VALIDATORS_PENDING_KEY, validators_pending
 
 log = logging.getLogger("cityledger.node")
 
 TICK_MS = 10
 FORWARD_BATCH_TXS_MAX = 1000
 FETCH_SEQS_MAX = 32
+RUN_BLOCKS_MAX = 64  # committed blocks executed back to back with one fsync
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 TIP_INTERVAL_S = 1.0
 STARTUP_GRACE_S = 2.5 * TIP_INTERVAL_S  # long enough to hear every peer's tip
@@ -91,6 +97,7 @@ TIMER_HOLD_MAX_S = 8.0
 CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
+DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
 
 
 class NodeError(Exception):
@@ -159,11 +166,7 @@ class Node:
         except ModuleNotInstalled as exc:
             raise NodeError(str(exc)) from exc
         self.chain_id = self.genesis.chain_id
-        self.validators = tuple(v.public_key_bytes for v in self.genesis.validators)
-        if self.key.public_key not in self.validators:
-            raise NodeError("this node's key (node_key.json) is not a validator in genesis.json")
-        self.index = self.validators.index(self.key.public_key)
-        self.names = {v.public_key_bytes: v.name for v in self.genesis.validators}
+        self.names: dict[bytes, str] = {}
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         try:
             self.store = BlockStore.open(self.home / "data" / "ledger.db")
@@ -171,18 +174,34 @@ class Node:
             raise NodeError(str(exc)) from exc
         self.state = WorldState(self.store.db)
         self._init_genesis(modules)
+        try:
+            self.epochs = EpochHistory(self.store.db, self.genesis)
+        except EpochError as exc:
+            raise NodeError(f"the data dir {self.home / 'data'}: {exc.reason}") from exc
+        self._adopt_validators(self.epochs.current)
         self.executor = Executor(self.chain_id, modules)
         self.modules = modules
-        self.chain = Chain(self.genesis, self.store, self.state, self.executor, self.primary_of)
+        self.chain = Chain(self.genesis, self.store, self.state, self.executor, self.primary_of,
+                           self.epochs)
         self.mempool = Mempool(
             self.chain_id,
             lambda tx: self.executor.check_admission(tx, self.state.reader(),
                                                      nonce_ahead_max=1000),
             MempoolLimits(txs_max=self.config.mempool_txs_max),
         )
-        self.records = RecordLog(self.store.db)
+        self.records = RecordLog(self.store.db, _records_prefix(self.epochs.current.number))
+        # One thread, so record batches are durable in the order they were started.
+        self._record_writer = ThreadPoolExecutor(1, thread_name_prefix="record-writer")
+        self._held: deque[Action] = deque()  # actions waiting for a record write
+        self._writing = False
         self.sequences = CommittedSequences(self.store, self.genesis.hash)
-        self.replica = self._restore_replica()
+        self._finish_epoch_switch()
+        self.replica: Replica | None = self._restore_replica()
+        if self.replica is None:
+            log.warning("this node's key is not in the current validator set (epoch %d): it "
+                        "follows the chain and votes once a set including it takes over",
+                        self.epochs.current.number)
+        self._epoch_switches = 0  # lets the job worker drop jobs of a retired replica
         self.waiters = TxWaiters()
         self.evidence: list[dict[str, Any]] = []
         self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
@@ -221,11 +240,37 @@ class Node:
         invariant(self.state.height == self.store.tip()[0],
                   f"state height {self.state.height} differs from store tip {self.store.tip()[0]}")
 
+    def _adopt_validators(self, epoch: Epoch) -> None:
+        """Take `epoch`'s set as the one this node checks, routes and (maybe) votes in."""
+        self.validators = epoch.keys
+        self.names.update({v.public_key_bytes: v.name for v in epoch.validators})
+        self.is_validator = self.key.public_key in self.validators
+        self.index = self.validators.index(self.key.public_key) if self.is_validator else -1
+
+    def _finish_epoch_switch(self) -> None:
+        """Record an epoch that was due at the last executed seq but not yet written (a crash
+        between executing a checkpoint boundary and recording the set change)."""
+        try:
+            epoch = due_epoch(self.executed_seq, self.genesis.consensus.checkpoint_interval_blocks,
+                              validators_pending(self.state.reader()), self.epochs.current)
+        except EpochError as exc:
+            raise NodeError(f"the approved validator set cannot take over: {exc.reason}") from exc
+        if epoch is not None:
+            self.epochs.record(epoch)
+            self._adopt_validators(epoch)
+            self.records = RecordLog(self.store.db, _records_prefix(epoch.number))
+            log.warning("validator set of epoch %d takes over from seq %d", epoch.number,
+                        epoch.first_seq)
+
     def _replica_config(self) -> ReplicaConfig:
         params = self.genesis.consensus
         view_ticks = max(1, math.ceil(params.view_change_timeout_ms / TICK_MS))
+        epoch = self.epochs.current
+        base_seq = epoch.first_seq - 1
         return ReplicaConfig(
-            chain_id=self.chain_id,
+            chain_id=epoch.domain(self.chain_id),
+            base_seq=base_seq,
+            base_state_digest=self.sequences.state_digest_at(base_seq) if base_seq else bytes(32),
             validators=self.validators,
             signer=self.key,
             digest_of=self._digest_of,
@@ -240,10 +285,59 @@ class Node:
             fetch_timeout_ticks=view_ticks,
         )
 
-    def _restore_replica(self) -> Replica:
+    def _restore_replica(self) -> Replica | None:
+        if not self.is_validator:
+            return None
         records = [decode_record(raw) for raw in self.records.load()]
         executed = self.sequences.executed_seq
         return Replica.restore(self._replica_config(), records, executed_seq=executed)
+
+    def _report_executed(self, seq: int, state_digest: bytes) -> None:
+        """Tell the replica `seq` is executed, or hand over to the set whose epoch follows it.
+
+        Only a checkpoint boundary can end an epoch, and only by state every node agrees
+        on (the pending change at that seq), so all nodes switch at the same sequence.
+        """
+        try:
+            epoch = due_epoch(seq, self.genesis.consensus.checkpoint_interval_blocks,
+                              validators_pending(self.state.reader()), self.epochs.current)
+        except EpochError as exc:
+            self._halt(f"the approved validator set cannot take over: {exc.reason}")
+            return
+        if epoch is None:
+            self.feed(Executed(seq, state_digest))
+            return
+        self.epochs.record(epoch)  # durable before the new set's replica signs anything
+        self._enter_epoch(epoch)
+
+    def _enter_epoch(self, epoch: Epoch) -> None:
+        """Retire the old replica (as if it crashed here) and start the new set's one."""
+        old = self.validators
+        self._adopt_validators(epoch)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._held.clear()  # the old epoch's unsent actions: dropped as a crash would
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._deferred.clear()
+        self._withdrawn.clear()
+        self.speculations.clear()
+        self._epoch_switches += 1
+        self.records = RecordLog(self.store.db, _records_prefix(epoch.number))
+        self.replica = self._restore_replica()
+        if self.p2p is not None:
+            self.p2p.set_validators({v.public_key_bytes: v.p2p_address for v in epoch.validators})
+        joined = sorted(self.names[k] for k in set(self.validators) - set(old))
+        left = sorted(self.names[k] for k in set(old) - set(self.validators))
+        log.warning("epoch %d: validator set changed from seq %d (joined %s, left %s)%s",
+                    epoch.number, epoch.first_seq, joined or "none", left or "none",
+                    "" if self.is_validator else "; this node no longer votes")
+        if self.replica is None:
+            return
+        self.perform(self.replica.start())
+        for digest in self.mempool.pending_hashes():
+            self.feed(RequestReceived(digest))
 
     def primary_of(self, view: int) -> bytes:
         return self.validators[view % len(self.validators)]
@@ -258,7 +352,7 @@ class Node:
             except BlockError:
                 return None
             self._decoded[key] = block
-            while len(self._decoded) > 16:
+            while len(self._decoded) > DECODED_BLOCKS_MAX:
                 self._decoded.popitem(last=False)
         return block
 
@@ -278,7 +372,9 @@ class Node:
     def status(self) -> dict[str, Any]:
         height, tip = self.store.tip()
         connected = self.p2p.connected_peers() if self.p2p else []
-        view = self.replica.view
+        replica = self.replica
+        view = replica.view if replica is not None else 0
+        fetch_target = replica.fetch_target if replica is not None else 0
         return {
             "chain_id": self.chain_id,
             "node_id": self.key.public_key.hex(),
@@ -287,11 +383,13 @@ class Node:
             "last_block_hash": tip.hex(),
             "executed_seq": self.executed_seq,
             "view": view,
-            "in_view_change": self.replica.in_view_change,
+            "in_view_change": replica.in_view_change if replica is not None else False,
             "primary": self.names[self.primary_of(view)],
             "validators": [self.names[v] for v in self.validators],
-            "connected_peers": sorted(self.names[p] for p in connected),
-            "syncing": max([self.replica.fetch_target, *self._peer_seq.values()])
+            "validator": self.is_validator,
+            "epoch": self.epochs.current.number,
+            "connected_peers": sorted(self.names.get(p, p.hex()[:16]) for p in connected),
+            "syncing": max([fetch_target, *self._peer_seq.values()])
             > self.executed_seq + 1,
             "mempool_txs": len(self.mempool),
             "evidence": len(self.evidence),
@@ -308,7 +406,7 @@ class Node:
     # -- the event loop side --------------------------------------------------------------
     def feed(self, event: Event) -> None:
         """Step the replica and perform what it asks; the only caller of `step`."""
-        if self.halted:
+        if self.halted or self.replica is None:  # no replica: not a validator of this set
             return
         view, changing = self.replica.view, self.replica.in_view_change
         self.perform(self.replica.step(event))
@@ -320,23 +418,64 @@ class Node:
                          self.names[self.primary_of(self.replica.view)])
 
     def perform(self, actions: list[Action]) -> None:
-        pending_records: list[bytes] = []
-        for action in actions:
+        """Perform the replica's actions in order; records are written off the loop thread.
+
+        Persist before you speak: no action after a Persist or Compact (in this list or a
+        later one) is performed before that record is durable. The synced write runs on
+        the writer thread, so the loop keeps admitting txs and reading frames meanwhile;
+        records that pile up during one write go out together in the next (group commit).
+        """
+        if not self._held and not self._writing \
+                and not any(isinstance(action, Persist | Compact) for action in actions):
+            for action in actions:
+                self._perform_one(action)
+            return
+        self._held.extend(actions)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        while self._held and not self._writing and not self.halted:
+            if isinstance(self._held[0], Persist | Compact):
+                self._write_held_records()
+            else:
+                self._perform_one(self._held.popleft())
+        if self.halted:
+            self._held.clear()  # a halted node must not speak
+
+    def _write_held_records(self) -> None:
+        """Start one synced batch with every record held now; the rest waits for it.
+
+        Writing a record earlier than some action listed before it is safe: that is what
+        a crash right after those actions would have left (the sends as if lost).
+        """
+        steps: list[RecordWrite] = []
+        waiting: deque[Action] = deque()
+        for action in self._held:
             if isinstance(action, Persist):
-                pending_records.append(encode_record(action.record))
-                continue
-            if pending_records:  # persist before you speak
-                self.records.append(pending_records)
-                pending_records = []
-            self._perform_one(action)
-        if pending_records:
-            self.records.append(pending_records)
+                steps.append(RecordWrite((encode_record(action.record),)))
+            elif isinstance(action, Compact):
+                steps.append(RecordWrite(tuple(encode_record(r) for r in action.records),
+                                         replace=True))
+            else:
+                waiting.append(action)
+        self._held = waiting
+        self._writing = True
+        future = asyncio.get_running_loop().run_in_executor(
+            self._record_writer, self.records.write_group, steps)
+        future.add_done_callback(self._records_written)
+
+    def _records_written(self, future: asyncio.Future[None]) -> None:
+        self._writing = False
+        if future.cancelled():
+            return
+        problem = future.exception()
+        if problem is not None:
+            self._halt(f"cannot persist consensus records: {problem!r}")
+        self._release_held()
 
     def _perform_one(self, action: Action) -> None:
         if isinstance(action, Send):
             self._send(action)
-        elif isinstance(action, Compact):
-            self.records.replace([encode_record(r) for r in action.records])
         elif isinstance(action, SetTimer):
             self._set_timer(action)
         elif isinstance(action, CancelTimer):
@@ -344,6 +483,9 @@ class Node:
             if handle is not None:
                 handle.cancel()
         elif isinstance(action, BuildProposal | ValidateProposal | Execute):
+            if isinstance(action, Execute) and action.payload \
+                    and action.digest not in self.speculations:
+                self._preverify(action.payload)
             self._jobs.put_nowait(action)
         elif isinstance(action, FetchCommitted):
             self._fetch(action)
@@ -471,18 +613,50 @@ class Node:
         """Decode+verify a block's txs; those this node already checked are not redone."""
         return await self.verifier.verify_many(raws)
 
+    def _preverify(self, payload: bytes) -> None:
+        """Start checking a committed block's tx signatures now (a fetched one: nothing
+        checked them here yet), so they are done on the pool while earlier blocks execute;
+        the job that executes it then finds them in the verifier's cache or in flight."""
+        block = self._block_of(payload)
+        if block is not None:
+            for raw in block.txs:
+                self.verifier.verify(raw)
+
     # -- the application jobs (build, validate, execute), one at a time ------------------
     async def _job_worker(self) -> None:
+        carried: Action | None = None
         while True:
-            action = await self._jobs.get()
+            action = carried if carried is not None else await self._jobs.get()
+            carried = None
             if self.halted:
                 continue
+            switches = self._epoch_switches
+            if isinstance(action, Execute) and action.payload \
+                    and action.seq == self.executed_seq + 1 and not self._jobs.empty():
+                run = [action]
+                while not self._jobs.empty() and len(run) < RUN_BLOCKS_MAX:
+                    following = self._jobs.get_nowait()
+                    # A run ends at a checkpoint boundary: a validator-set change can
+                    # take over there, judged on the state right after that seq.
+                    if not (isinstance(following, Execute) and following.payload
+                            and following.seq == run[-1].seq + 1
+                            and run[-1].seq % self.genesis.consensus.checkpoint_interval_blocks):
+                        carried = following
+                        break
+                    run.append(following)
+                if len(run) > 1:
+                    await self._execute_run(run)
+                    if self._epoch_switches != switches:
+                        carried = None  # it was the old set's job
+                    continue
             if isinstance(action, BuildProposal):
                 self._build(action)
             elif isinstance(action, ValidateProposal):
                 await self._validate(action)
             elif isinstance(action, Execute):
                 await self._execute(action)
+            if self._epoch_switches != switches:
+                carried = None  # it was the old set's job
 
     def _remember(self, speculation: Speculation) -> None:
         self.speculations[speculation.block.hash] = speculation
@@ -570,11 +744,59 @@ class Node:
                 return
             self.chain.commit(speculation, cert)
             self._after_commit(speculation)
-        self.feed(Executed(action.seq, self.store.tip()[1]))
+        self._report_executed(action.seq, self.store.tip()[1])
         deferred = self._deferred.pop(action.seq + 1, None)
         if deferred is not None:
             self._jobs.put_nowait(deferred)
         for seq in [s for s in self._deferred if s <= action.seq]:
+            del self._deferred[seq]
+
+    async def _execute_run(self, run: list[Execute]) -> None:
+        """Execute consecutive committed blocks (a catch-up run) with one fsync.
+
+        Consensus checked each certificate and that the payload hashes to its digest
+        before asking; here every tx signature (in parallel on the verify pool) and every
+        header and hash link (Chain) is checked before that block is written. Executed is
+        reported only once the whole run is durable.
+        """
+        blocks: list[Block] = []
+        for action in run:
+            block = self._block_of(action.payload)
+            invariant(block is not None and block.hash == action.digest,
+                      f"committed payload of seq {action.seq} does not match its digest")
+            assert block is not None
+            blocks.append(block)
+        checked = await self._verify([raw for block in blocks for raw in block.txs])
+        items: list[tuple[Block, CommitCertificate, list[Tx]]] = []
+        bad: str | None = None
+        position = 0
+        for action, block in zip(run, blocks, strict=True):
+            part = checked[position:position + len(block.txs)]
+            position += len(block.txs)
+            errors = [item for item in part if isinstance(item, TxError)]
+            if errors:
+                bad = f"bad transaction in block: {errors[0]}"
+                break
+            cert = CommitCertificate(action.seq, action.certificate.view, action.digest,
+                                     action.certificate.signatures)
+            items.append((block, cert, [tx for tx in part if isinstance(tx, Tx)]))
+        committed, rejected = self.chain.commit_certified_run(items)
+        for speculation in committed:
+            self._after_commit(speculation)
+        for action, speculation in zip(run, committed, strict=False):
+            self._report_executed(action.seq, speculation.block.hash)
+        if len(committed) < len(run):
+            failed = run[len(committed)]
+            reason = rejected.reason if rejected is not None else bad
+            log.warning("refusing committed block at seq %d: %s", failed.seq, reason)
+            self._halt(f"a quorum committed seq {failed.seq} ({failed.digest.hex()[:16]}) "
+                       "which this node finds invalid: refusing to continue")
+            return
+        last = run[-1].seq
+        deferred = self._deferred.pop(last + 1, None)
+        if deferred is not None:
+            self._jobs.put_nowait(deferred)
+        for seq in [s for s in self._deferred if s <= last]:
             del self._deferred[seq]
 
     def _after_commit(self, speculation: Speculation) -> None:
@@ -585,7 +807,7 @@ class Node:
         for digest in hashes:
             # Gossip can re-announce a tx between the replica issuing its Execute and this
             # commit; such a request would otherwise stay pending in the replica forever.
-            if digest in self.replica.pending:
+            if self.replica is not None and digest in self.replica.pending:
                 self.feed(RequestWithdrawn(digest))
         reader = self.state.reader()
         for stale in self.mempool.evict_stale({tx.sender_address for tx in speculation.txs},
@@ -663,7 +885,12 @@ class Node:
             if not isinstance(item, dict) or not isinstance(item.get("payload"), bytes) \
                     or type(item.get("seq")) is not int:
                 raise MessageError("malformed fetched item")
-            self.feed(CommittedFetched(item["seq"], item["payload"], proof_from_map(item["cert"])))
+            proof = proof_from_map(item["cert"])
+            if self.replica is None:
+                if not self._follow(item["seq"], item["payload"], proof):
+                    return
+            else:
+                self.feed(CommittedFetched(item["seq"], item["payload"], proof))
             last = max(last, item["seq"])
         # Ask for the next range at once instead of at the next tip announcement, so a
         # long catch-up streams (the replica takes up to fetch_seqs_max ahead of execution).
@@ -671,11 +898,38 @@ class Node:
             self.p2p.send(peer, {"k": "fetch", "from": last + 1,
                                  "to": min(self._peer_seq[peer], last + FETCH_SEQS_MAX)})
 
+    def _follow(self, seq: int, payload: bytes, proof: CommitProof) -> bool:
+        """Apply one fetched committed seq on a node that votes in no current set.
+
+        No replica checks the proof here, so the Chain checks it against the set of the
+        seq's epoch; False (nothing applied) for a seq out of order or a bad answer.
+        """
+        if seq != self.executed_seq + 1:
+            return seq <= self.executed_seq  # an old one is harmless; a gap ends the batch
+        cert = CommitCertificate(seq, proof.view, proof.digest, proof.signatures)
+        if proof.seq != seq:
+            raise MessageError("fetched proof is for another sequence")
+        if not payload:
+            problem = self.chain.check_certificate(cert) if proof.digest == NULL_DIGEST \
+                else "a null proposal needs the null digest"
+            if problem is not None:
+                raise MessageError(f"fetched null seq {seq}: {problem}")
+            self.sequences.record_null(seq, proof_to_map(proof))
+        else:
+            try:
+                speculation = self.chain.apply_certified(Chain.decode_proposal(payload), cert)
+            except ProposalRejected as exc:
+                log.warning("refusing fetched seq %d: %s", seq, exc.reason)
+                return False
+            self._after_commit(speculation)
+        self._report_executed(seq, self.store.tip()[1])
+        return True
+
     # -- running ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         host, port = _host_port(self.config.rpc_listen)
         tls_dir = self.home / "tls"
-        peers = {v.public_key_bytes: v.p2p_address for v in self.genesis.validators}
+        peers = {v.public_key_bytes: v.p2p_address for v in self.epochs.current.validators}
         self.p2p = PeerNetwork(self.chain_id, self.key, peers, self.config.p2p_listen,
                                self.on_peer_message, cert_path=tls_dir / CERT_FILE_NAME,
                                key_path=tls_dir / KEY_FILE_NAME)
@@ -701,7 +955,8 @@ class Node:
             body_bytes_max=self.config.rpc_body_bytes_max, health=self._health)
         rpc = await start_rpc_server(app, host, port)
         worker = asyncio.create_task(self._job_worker(), name="jobs")
-        self.perform(self.replica.start())
+        if self.replica is not None:
+            self.perform(self.replica.start())
         log.info("node %s up: chain %s height %d, p2p %s, rpc %s", self.config.node_name,
                  self.chain_id, self.store.tip()[0], self.config.p2p_listen, rpc.url)
         next_tip_s = 0.0
@@ -723,7 +978,13 @@ class Node:
             await rpc.stop()
             await self.p2p.close()
             self.verifier.close()
+            self._record_writer.shutdown(wait=True)  # no write may outlive the store
             self.store.close()
+
+
+def _records_prefix(epoch: int) -> bytes:
+    """Each epoch's replica persists under its own prefix: a new set starts with none."""
+    return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
 
 
 def _now_ms() -> int:
@@ -780,8 +1041,25 @@ def verify_home_chain(home: Path) -> VerifyReport:
     genesis = load_genesis(Path(home) / "genesis.json")
     store = BlockStore.open(Path(home) / "data" / "ledger.db")
     try:
-        return verify_chain(store, genesis.hash, genesis.chain_id,
-                            [v.public_key_bytes for v in genesis.validators])
+        epochs = EpochHistory(store.db, genesis)
+        report = verify_chain(store, genesis.hash, genesis.chain_id,
+                              [v.public_key_bytes for v in genesis.validators], epochs)
+        if not report.ok:
+            return report
+        # The recorded validator-set epochs must be the ones the chain's own state approved.
+        state, sequences = WorldState(store.db), CommittedSequences(store, genesis.hash)
+
+        def pending_at_seq(seq: int) -> Any:
+            raw, _ = state.prove_at(VALIDATORS_PENDING_KEY, sequences.height_at(seq))
+            return None if raw is None else decode_stored(raw)
+
+        problem = verify_epochs(epochs, genesis.consensus.checkpoint_interval_blocks,
+                                pending_at_seq)
+        if problem is not None:
+            return VerifyReport(False, report.blocks_checked, report.tip_height, None, problem)
+        return report
+    except EpochError as exc:
+        return VerifyReport(False, 0, store.tip()[0], None, f"epoch records: {exc.reason}")
     finally:
         store.close()
 

@@ -3,17 +3,28 @@
 The replica asks the node to persist records (its votes, view, checkpoints) before it
 speaks; they live here under their own key prefix, numbered in append order, and every
 append is one synced write batch. `replace` swaps the whole log atomically (compaction).
+`write_group` applies several appends and replacements, in order, as ONE synced batch
+(group commit: the node's writer thread collects whatever records are pending).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import invariant
 
 _SEQ = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One step of a group: append `records`, or (replace=True) make them the whole log."""
+
+    records: tuple[bytes, ...]
+    replace: bool = False
 
 
 class RecordLog:
@@ -34,20 +45,31 @@ class RecordLog:
         return [value for _, value in self._db.iterator(prefix=self._prefix)]
 
     def append(self, records: Sequence[bytes]) -> None:
-        if not records:
-            return
-        batch = self._db.write_batch(sync=True)
-        for record in records:
-            batch.put(self._prefix + _SEQ.pack(self._next), record)
-            self._next += 1
-        batch.write()
+        if records:
+            self.write_group([RecordWrite(tuple(records))])
 
     def replace(self, records: Sequence[bytes]) -> None:
+        self.write_group([RecordWrite(tuple(records), replace=True)])
+
+    def write_group(self, steps: Sequence[RecordWrite]) -> None:
+        """Apply `steps` in order as one synced batch: all of them survive a crash, or none.
+
+        A replacement makes everything before it in the group moot, so only the last one
+        and the appends after it are written (plus the deletion of every stored record).
+        """
+        last_replace = max((i for i, step in enumerate(steps) if step.replace), default=-1)
+        live = steps[last_replace:] if last_replace >= 0 else steps
+        if not any(step.records for step in live) and last_replace < 0:
+            return
         batch = self._db.write_batch(sync=True)
-        for key in self._db.iterator(prefix=self._prefix, include_value=False):
-            batch.delete(key)
-        self._next = 0
-        for record in records:
-            batch.put(self._prefix + _SEQ.pack(self._next), record)
-            self._next += 1
+        number = self._next
+        if last_replace >= 0:
+            for key in self._db.iterator(prefix=self._prefix, include_value=False):
+                batch.delete(key)
+            number = 0
+        for step in live:
+            for record in step.records:
+                batch.put(self._prefix + _SEQ.pack(number), record)
+                number += 1
         batch.write()
+        self._next = number  # only once durable: a failed write leaves the numbering as is

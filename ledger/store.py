@@ -169,11 +169,17 @@ class BlockStore:
         receipts: Sequence[bytes],
         state_ops: Sequence[StateOp],
         extra_ops: Sequence[StateOp] = (),
+        *,
+        sync: bool = True,
     ) -> None:
-        """Commit the next block with everything it changed in one synced batch.
+        """Commit the next block with everything it changed in one (synced) batch.
 
         Refuses (StoreError, nothing written) a block that does not extend the tip, a
         certificate for another block or an older sequence, or receipts that do not match.
+        `sync=False` is for a run of certified blocks written back to back: the batch is
+        still atomic and ordered (a crash loses at most a suffix of such blocks, never
+        part of one), and the caller makes the run durable with `sync()` before it tells
+        anyone the blocks are executed.
         """
         if self._tip is None:
             raise StoreError("the store has no genesis yet", code="store_uninitialised")
@@ -206,7 +212,7 @@ class BlockStore:
 
         height = header.height
         h8 = _h8(height)
-        batch = self.db.write_batch(sync=True)
+        batch = self.db.write_batch(sync=sync)
         for key, value in ops:
             if value is None:
                 batch.delete(key)
@@ -224,6 +230,12 @@ class BlockStore:
         batch.put(TIP_KEY, _TIP.pack(height, block.hash, cert.seq))
         batch.write()
         self._tip = (height, block.hash, cert.seq)
+
+    def sync(self) -> None:
+        """Make every earlier write durable: LevelDB syncs its log, which holds them all."""
+        if self._tip is None:
+            raise StoreError("the store has no genesis yet", code="store_uninitialised")
+        self.db.put(TIP_KEY, _TIP.pack(*self._tip), sync=True)  # rewrites the same value
 
     # -- reads ------------------------------------------------------------------------
 

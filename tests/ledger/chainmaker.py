@@ -68,13 +68,13 @@ def state_ops_for(height: int) -> list[StateOp]:
     return [(b"s/test/height", packed), (b"m/test_height", packed)]
 
 
-def append_next(store: BlockStore, txs_per_block: int = 3) -> Block:
+def append_next(store: BlockStore, txs_per_block: int = 3, *, sync: bool = True) -> Block:
     """Append one certified block on top of the store's tip."""
     height, tip_hash = store.tip()
     block, receipts = next_block(height + 1, tip_hash, make_txs(height + 1, txs_per_block))
     signers = VALIDATOR_KEYS[: quorum_size(len(VALIDATOR_KEYS))]
     cert = sign_certificate(block.hash, store.tip_seq() + 1, 0, signers)
-    store.append(block, cert, receipts, state_ops_for(height + 1))
+    store.append(block, cert, receipts, state_ops_for(height + 1), sync=sync)
     return block
 
 
@@ -87,9 +87,15 @@ def open_test_store(path: Path | str) -> BlockStore:
 def main(argv: list[str]) -> int:
     store = open_test_store(argv[1])
     txs_per_block = int(argv[2]) if len(argv) > 2 else 3
+    runs = len(argv) > 3 and argv[3] == "runs"  # catch-up style: 8 unsynced, then one sync
     print(f"ready {store.tip()[0]}", flush=True)
     while True:
-        append_next(store, txs_per_block)
+        if runs:
+            for _ in range(8):
+                append_next(store, txs_per_block, sync=False)
+            store.sync()
+        else:
+            append_next(store, txs_per_block)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ledger.store import BlockStore
 from ledger.verify import verify_chain
 from tests.ledger.chainmaker import CHAIN_ID, GENESIS_HASH, VALIDATORS
@@ -28,9 +30,9 @@ KILL_DELAY_MAX_S = 0.12
 READY_TIMEOUT_S = 20.0
 
 
-def _start_writer(db_path: Path) -> tuple[subprocess.Popen[str], int]:
+def _start_writer(db_path: Path, mode: str) -> tuple[subprocess.Popen[str], int]:
     writer = subprocess.Popen(
-        [sys.executable, "-m", "tests.ledger.chainmaker", str(db_path), "2"],
+        [sys.executable, "-m", "tests.ledger.chainmaker", str(db_path), "2", mode],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
     )
     assert writer.stdout is not None
@@ -39,9 +41,11 @@ def _start_writer(db_path: Path) -> tuple[subprocess.Popen[str], int]:
     return writer, int(line.split()[1])
 
 
+@pytest.mark.parametrize("mode", ["synced", "runs"])
 def test_store_reopens_at_a_complete_verified_tip_after_repeated_sigkill(
-    tmp_path: Path,
+    tmp_path: Path, mode: str,
 ) -> None:
+    """`runs` writes like catch-up: blocks unsynced, one sync per run of 8."""
     seed = int(os.environ.get("CITYLEDGER_SEED", str(random.randrange(2**32))))
     print(f"crash test seed {seed}")
     rng = random.Random(seed)
@@ -50,7 +54,7 @@ def test_store_reopens_at_a_complete_verified_tip_after_repeated_sigkill(
     rounds_with_progress = 0
     started = time.monotonic()
     for kill in range(KILLS):
-        writer, resumed_at = _start_writer(db_path)
+        writer, resumed_at = _start_writer(db_path, mode)
         assert resumed_at == last_tip, f"kill {kill}: writer resumed at {resumed_at}"
         time.sleep(rng.uniform(KILL_DELAY_MIN_S, KILL_DELAY_MAX_S))
         writer.send_signal(signal.SIGKILL)
