@@ -9,6 +9,7 @@ exactly one byte form and a peer cannot smuggle a second one past a hash.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -26,6 +27,21 @@ Value = None | bool | int | bytes | str | list[Any] | dict[str, Any]
 
 
 _SCALARS = (str, bytes, bool, type(None))
+# What msgpack.unpackb may hand back that a canonical value can hold at a leaf.
+_DECODED_LEAVES = frozenset({str, bytes, int, bool, type(None)})
+_per_thread = threading.local()
+
+
+def _packb(value: Any) -> bytes:
+    """msgpack.packb(value, use_bin_type=True) through a reused Packer: about half the cost
+    for small values. A Packer is not thread-safe (txs are decoded on verify threads too),
+    so each thread has its own."""
+    try:
+        pack = _per_thread.pack
+    except AttributeError:
+        pack = _per_thread.pack = msgpack.Packer(use_bin_type=True).pack
+    packed: bytes = pack(value)
+    return packed
 
 
 def _canonical(value: Any, depth: int) -> Any:
@@ -75,6 +91,10 @@ def _canonical_subclass(value: Any, depth: int) -> Any:
 
 def encode(value: Any) -> bytes:
     """Canonical bytes of `value`; raises CodecError for floats, non-str keys and the like."""
+    # A plain int is the commonest value (nonces, balances): msgpack already packs it in
+    # its shortest form, so only the range needs checking.
+    if type(value) is int and INT_MIN <= value <= INT_MAX:
+        return _packb(value)
     packed: bytes = msgpack.packb(_canonical(value, 0), use_bin_type=True)
     return packed
 
@@ -108,10 +128,42 @@ def decode(data: bytes, *, max_bytes: int = DECODE_BYTES_MAX) -> Any:
         raise CodecError(f"not valid msgpack: {exc}") from exc
     except RecursionError as exc:
         raise CodecError("value nested too deeply") from exc
-    # Re-encoding also rejects floats and excess depth: `encode` refuses both.
-    if encode(value) != data:
+    # Structure first (key order, leaf types, depth), then widths: re-packing the value as
+    # decoded gives the input back only when every length and integer used its shortest
+    # form and no map repeated a key. Together that is `encode(value) == data`, without
+    # the copy `encode` makes to sort maps.
+    kind = type(value)
+    if kind is dict or kind is list:
+        _check_decoded(value, 0)
+    elif kind not in _DECODED_LEAVES:
+        raise CodecError(f"type {kind.__name__} cannot be encoded canonically")
+    if _packb(value) != data:
         raise CodecError("bytes are not in canonical form")
     return value
+
+
+def _check_decoded(value: dict[str, Any] | list[Any], depth: int) -> None:
+    """Refuse what unpackb accepts but `encode` never writes: unsorted or non-str map keys,
+    floats and other leaf types, nesting of DEPTH_MAX containers or more."""
+    if depth >= DEPTH_MAX:
+        raise CodecError(f"value nested deeper than {DEPTH_MAX} levels")
+    items: Any
+    if type(value) is dict:
+        keys = list(value)
+        for key in keys:
+            if type(key) is not str:
+                raise CodecError(f"map key {key!r} is not a string")
+        if keys != sorted(keys):
+            raise CodecError("bytes are not in canonical form (map keys out of order)")
+        items = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            _check_decoded(item, depth + 1)
+        elif kind not in _DECODED_LEAVES:
+            raise CodecError(f"type {kind.__name__} cannot be encoded canonically")
 
 
 def decode_stored(data: bytes) -> Any:

@@ -108,3 +108,54 @@ def test_decode_map_refuses_non_maps() -> None:
     assert decode_map(encode({"a": 1})) == {"a": 1}
     with pytest.raises(CodecError, match="map"):
         decode_map(encode([1]))
+
+
+def _reference_decode(data: bytes) -> Any:
+    """The codec's rule stated directly: unpack, then refuse unless encode gives the input."""
+    value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if encode(value) != data:
+        raise CodecError("not canonical")
+    return value
+
+
+msgpack_values = st.recursive(
+    scalars | st.floats(allow_nan=False, allow_infinity=False, width=32),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=6) | st.binary(max_size=3) | st.integers(0, 3), children,
+                      max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(msgpack_values, st.booleans())
+def test_decode_accepts_exactly_what_re_encodes_to_the_same_bytes(value: Any,
+                                                                  wide: bool) -> None:
+    # Plain msgpack of arbitrary values: unsorted maps, floats, bytes and int keys, and
+    # (wide) str8/bin headers where a shorter form exists.
+    data = msgpack.packb(value, use_bin_type=True, use_single_float=wide)
+    try:
+        expected = _reference_decode(data)
+    except (CodecError, ValueError, TypeError):
+        with pytest.raises(CodecError):
+            decode(data)
+        return
+    assert decode(data) == expected
+
+
+def test_decode_refuses_timestamps_and_depth_at_the_limit() -> None:
+    with pytest.raises(CodecError):
+        decode(msgpack.packb(msgpack.Timestamp(1, 0)))
+    nested: Any = 0
+    for _ in range(DEPTH_MAX + 1):
+        nested = [nested]
+    with pytest.raises(CodecError, match="nested"):
+        decode(msgpack.packb(nested))
+    assert decode(msgpack.packb(nested[0])) == nested[0]  # DEPTH_MAX levels is fine
+
+
+@settings(deadline=None)
+@given(st.integers(min_value=INT_MIN, max_value=INT_MAX))
+def test_integers_encode_to_their_shortest_msgpack_form(value: int) -> None:
+    assert encode(value) == msgpack.packb(value)
+    assert decode(encode(value)) == value
