@@ -87,14 +87,26 @@ class NoParams(RpcParams):
 Handler = Callable[[Any], Awaitable[Any]]
 
 
+BatchHandler = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
 @dataclass(frozen=True, slots=True)
 class RpcMethod:
-    """One callable method: its params schema, its async handler and a line of docs."""
+    """One callable method: its params schema, its async handler and a line of docs.
+
+    Optionally a batch fast path for methods clients send in bulk (tx_submit):
+    `batch_params(raw_params)` returns the handler input when the params plainly satisfy
+    `params_model` (a subset of what the model accepts, never more), else None so that
+    the model judges them and names the problem; `batch_handler(inputs)` answers many
+    calls at once, one outcome per input (a result, or an RpcAppError for that call).
+    """
 
     name: str
     params_model: type[BaseModel]
     handler: Handler
     doc: str = ""
+    batch_params: Callable[[Any], Any | None] | None = None
+    batch_handler: BatchHandler | None = None
 
 
 def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -270,6 +282,9 @@ class RpcDispatcher:
                 f"{self.batch_calls_max}",
                 {"limit": self.batch_calls_max, "got": len(items)},
             )
+        at_once = self._batch_at_once(items)
+        if at_once is not None:
+            return await self._answer_at_once(*at_once)
         # Calls start in batch order (gather schedules them first-in first-out), so each
         # handler's work before its first await runs in the order the client sent.
         parts = await asyncio.gather(*(self._dispatch_one(item) for item in items))
@@ -277,6 +292,66 @@ class RpcDispatcher:
         if not answered:
             return None
         return b"[" + b",".join(answered) + b"]"
+
+    def _batch_at_once(self, items: list[Any]
+                       ) -> tuple[RpcMethod, list[_Call], list[Any]] | None:
+        """The method, calls and handler inputs when every call of the batch is well formed,
+        for one method with a batch handler, with plainly valid params; None for any other
+        batch, which then takes the per-call path and its exact error answers."""
+        first = items[0]
+        name = first.get("method") if type(first) is dict else None
+        method = self.methods.get(name) if type(name) is str else None
+        if method is None or method.batch_handler is None or method.batch_params is None:
+            return None
+        calls: list[_Call] = []
+        inputs: list[Any] = []
+        for item in items:
+            call = _check_request(item)
+            if isinstance(call, dict) or call.method != method.name:
+                return None
+            value = method.batch_params(call.params)
+            if value is None:
+                return None
+            calls.append(call)
+            inputs.append(value)
+        return method, calls, inputs
+
+    async def _answer_at_once(self, method: RpcMethod, calls: list[_Call], inputs: list[Any]
+                              ) -> bytes | None:
+        """One handler call for the whole batch: no task, params model or response
+        encoding per call."""
+        assert method.batch_handler is not None
+        try:
+            outcomes = await method.batch_handler(inputs)
+            if len(outcomes) != len(inputs):
+                raise ValueError(f"{len(outcomes)} outcomes for {len(inputs)} calls")
+        # As in _run: a bug in a handler is logged in full and answered as internal error.
+        except Exception:
+            log.exception("RPC method %s failed on a batch", method.name)
+            failed = RpcAppError(INTERNAL_ERROR, "internal error")
+            outcomes = [failed] * len(inputs)
+        responses = []
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if call.is_notification:
+                continue
+            if isinstance(outcome, RpcAppError):
+                responses.append(error_response(call.request_id, outcome.code, outcome.message,
+                                                outcome.data))
+            else:
+                responses.append({"jsonrpc": "2.0", "id": call.request_id, "result": outcome})
+        if not responses:
+            return None
+        try:
+            return encode_json(responses)
+        except (TypeError, ValueError, RecursionError):
+            return b"[" + b",".join(self._encode_response(r) for r in responses) + b"]"
+
+    def _encode_response(self, response: dict[str, Any]) -> bytes:
+        try:
+            return encode_json(response)
+        except (TypeError, ValueError, RecursionError):
+            log.exception("RPC batch answer is not JSON")
+            return encode_json(error_response(response["id"], INTERNAL_ERROR, "internal error"))
 
     async def _dispatch_one(self, item: Any) -> bytes | None:
         call = _check_request(item)

@@ -7,6 +7,7 @@ Bytes travel in JSON as lowercase hex strings without a 0x prefix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, model_validator
@@ -41,6 +42,43 @@ class TxSubmitParams(RpcParams):
 
     tx: Annotated[HexBytes, Field(min_length=2, max_length=2 * TX_BYTES_MAX)]
     wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TxSubmit:
+    """One tx_submit call as its handler uses it: the wire bytes, and whether to wait."""
+
+    raw: bytes
+    wait: bool
+
+
+def tx_submit_fast(params: Any) -> TxSubmit | None:
+    """The call when `params` plainly satisfy TxSubmitParams, else None.
+
+    The rule is the model's: `tx` a string of lowercase hex of 1..TX_BYTES_MAX bytes,
+    `wait` a JSON boolean (default false), nothing else, by name or by position. None
+    only means "let the model judge" (it then names the problem): this check accepts
+    nothing the model refuses. About a third of the model's cost, for the RPC batch path.
+    """
+    if type(params) is dict:
+        count = len(params)
+        if count == 2 and "wait" not in params or not 0 < count <= 2:
+            return None
+        tx, wait = params.get("tx"), params.get("wait", False)
+    elif type(params) is list:
+        if not 0 < len(params) <= 2:
+            return None
+        tx, wait = params[0], params[1] if len(params) == 2 else False
+    else:
+        return None
+    if type(tx) is not str or type(wait) is not bool or not 2 <= len(tx) <= 2 * TX_BYTES_MAX:
+        return None
+    try:
+        raw = bytes.fromhex(tx)
+    except ValueError:
+        return None
+    # fromhex also takes uppercase digits and whitespace, which the model refuses.
+    return TxSubmit(raw, wait) if raw.hex() == tx else None
 
 
 class TxGetParams(RpcParams):

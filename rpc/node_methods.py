@@ -35,12 +35,15 @@ from rpc.jsonrpc import (
 )
 from rpc.methods import (
     PARAMS_MODELS,
+    TX_SUBMIT,
     AccountGetParams,
     BlockGetParams,
     StateGetParams,
     TxGetParams,
+    TxSubmit,
     TxSubmitParams,
     jsonable,
+    tx_submit_fast,
 )
 
 
@@ -130,6 +133,38 @@ def _committed(node: NodeView, tx_hash: bytes) -> dict[str, Any] | None:
             "index": location[1], "receipt": receipt}
 
 
+async def _admit_all(node: NodeView, raws: list[bytes]) -> list[Tx | TxError]:
+    """node.admit for each raw, concurrently so that the verifier checks them as one chunk.
+
+    A node may offer `admit_many(raws)` (same outcomes, in order, without an asyncio task
+    per transaction); it is used when present.
+    """
+    admit_many = getattr(node, "admit_many", None)
+    if admit_many is not None:
+        admitted: list[Tx | TxError] = await admit_many(raws)
+        return admitted
+    return list(await asyncio.gather(*(node.admit(raw) for raw in raws)))
+
+
+async def _wait_committed(timeout_s: float, waiting: list[int], hashes: list[bytes],
+                          futures: list[asyncio.Future[dict[str, Any]] | None],
+                          outcomes: list[Any]) -> None:
+    """Fill outcomes[i] for each waiting call: its commit, or a timeout error."""
+    await asyncio.wait([future for index in waiting if (future := futures[index]) is not None],
+                       timeout=timeout_s)
+    for index in waiting:
+        future = futures[index]
+        assert future is not None
+        if not future.done():
+            outcomes[index] = RpcAppError(
+                TIMEOUT, f"not committed within {timeout_s:.0f} s; it may still be",
+                {"hash": hashes[index].hex()})
+            continue
+        outcome = future.result()
+        status = "committed" if outcome["receipt"]["status"] == "ok" else "rejected"
+        outcomes[index] = {**outcome, "status": status}
+
+
 def build_node_methods(
     node: NodeView,
     extra: Mapping[str, tuple[type[BaseModel], Callable[[Any], Awaitable[Any]], str]] = {},
@@ -141,35 +176,55 @@ def build_node_methods(
     async def node_status(params: Any) -> Any:
         return node.status()
 
-    async def tx_submit(params: TxSubmitParams) -> Any:
+    async def tx_submit_many(calls: list[TxSubmit]) -> list[Any]:
+        """tx_submit for a batch of calls: one outcome (result or RpcAppError) per call.
+
+        Admitted together (the verifier checks them as one chunk) and, for `wait`, waited
+        for together: one timer for the batch instead of a timeout and a shield per call.
+        """
         if node.halted:
-            raise RpcAppError(UNAVAILABLE, f"node halted: {node.halted}")
-        raw = bytes.fromhex(params.tx)
-        tx_hash = sha256(raw)  # the tx hash; the verifier does the only decode
-        # Wait before admitting: the commit may land before this handler resumes.
-        future = node.waiters.add(tx_hash) if params.wait else None
-        if params.wait and future is None:
-            raise RpcAppError(UNAVAILABLE, "too many callers are waiting; submit without wait")
-        result = await node.admit(raw)
-        if isinstance(result, TxError) and result.code != "already_known":
-            if future is not None:
-                node.waiters.discard(tx_hash, future)
-            done = _committed(node, tx_hash) if result.code == "nonce_used" else None
-            if done is not None:
-                return done  # a resubmission of a committed tx answers with its receipt
-            code = MEMPOOL_FULL if result.code == "mempool_full" else TX_REJECTED
-            raise RpcAppError(code, result.reason, {"code": result.code})
-        if future is None:
-            return {"hash": tx_hash.hex(), "status": "pending"}
+            return [RpcAppError(UNAVAILABLE, f"node halted: {node.halted}")] * len(calls)
+        hashes = [sha256(call.raw) for call in calls]  # tx hashes; the verifier decodes
+        outcomes: list[Any] = [None] * len(calls)
+        futures: list[asyncio.Future[dict[str, Any]] | None] = []
+        for index, call in enumerate(calls):
+            # Wait before admitting: the commit may land before this handler resumes.
+            future = node.waiters.add(hashes[index]) if call.wait else None
+            if call.wait and future is None:
+                outcomes[index] = RpcAppError(
+                    UNAVAILABLE, "too many callers are waiting; submit without wait")
+            futures.append(future)
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            node.waiters.discard(tx_hash, future)
-            raise RpcAppError(TIMEOUT, f"not committed within {timeout_s:.0f} s; it may still be",
-                              {"hash": tx_hash.hex()}) from None
-        receipt = outcome["receipt"]
-        status = "committed" if receipt["status"] == "ok" else "rejected"
-        return {**outcome, "status": status}
+            admitting = [index for index, outcome in enumerate(outcomes) if outcome is None]
+            results = await _admit_all(node, [calls[index].raw for index in admitting])
+            waiting: list[int] = []
+            for index, result in zip(admitting, results, strict=True):
+                tx_hash = hashes[index]
+                if isinstance(result, TxError) and result.code != "already_known":
+                    done = _committed(node, tx_hash) if result.code == "nonce_used" else None
+                    if done is not None:
+                        outcomes[index] = done  # a resubmitted committed tx: its receipt
+                        continue
+                    code = MEMPOOL_FULL if result.code == "mempool_full" else TX_REJECTED
+                    outcomes[index] = RpcAppError(code, result.reason, {"code": result.code})
+                elif futures[index] is None:
+                    outcomes[index] = {"hash": tx_hash.hex(), "status": "pending"}
+                else:
+                    waiting.append(index)
+            if waiting:
+                await _wait_committed(timeout_s, waiting, hashes, futures, outcomes)
+        finally:
+            # Refused, timed out, or the client went away (cancelled): stop waiting.
+            for tx_hash, future in zip(hashes, futures, strict=True):
+                if future is not None and not future.done():
+                    node.waiters.discard(tx_hash, future)
+        return outcomes
+
+    async def tx_submit(params: TxSubmitParams) -> Any:
+        [outcome] = await tx_submit_many([TxSubmit(bytes.fromhex(params.tx), params.wait)])
+        if isinstance(outcome, RpcAppError):
+            raise outcome
+        return outcome
 
     async def tx_get(params: TxGetParams) -> Any:
         tx_hash = bytes.fromhex(params.hash)
@@ -235,7 +290,9 @@ def build_node_methods(
         "account_get": account_get,
     }
     methods = [RpcMethod(name, PARAMS_MODELS[name], handler, handler.__doc__ or "")
-               for name, handler in core.items()]
+               for name, handler in core.items() if name != TX_SUBMIT]
+    methods.append(RpcMethod(TX_SUBMIT, TxSubmitParams, tx_submit, tx_submit.__doc__ or "",
+                             batch_params=tx_submit_fast, batch_handler=tx_submit_many))
     methods += [RpcMethod(name, model, handler, doc)
                 for name, (model, handler, doc) in extra.items()]
     return methods
