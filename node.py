@@ -298,9 +298,10 @@ class Node:
         Only a checkpoint boundary can end an epoch, and only by state every node agrees
         on (the pending change at that seq), so all nodes switch at the same sequence.
         """
+        interval = self.genesis.consensus.checkpoint_interval_blocks
         try:
-            epoch = due_epoch(seq, self.genesis.consensus.checkpoint_interval_blocks,
-                              validators_pending(self.state.reader()), self.epochs.current)
+            epoch = None if seq % interval else due_epoch(
+                seq, interval, validators_pending(self.state.reader()), self.epochs.current)
         except EpochError as exc:
             self._halt(f"the approved validator set cannot take over: {exc.reason}")
             return
