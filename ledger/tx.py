@@ -64,7 +64,7 @@ class Tx:
     sender_address: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sender_address", address_of(self.sender))
+        object.__setattr__(self, "sender_address", _address_of(self.sender))
 
     def unsigned_body(self) -> dict[str, Any]:
         return unsigned_body(
@@ -98,7 +98,41 @@ def sign_tx(
               sha256(raw))
 
 
+# An address is a pure function of the key; a sender's txs come again and again.
+_address_of = functools.lru_cache(maxsize=16_384)(address_of)
+# Field names in canonical (sorted) order: a canonical tx map has exactly these keys so.
+_TX_FIELD_ORDER = sorted(TX_FIELDS)
+# family/op names that passed NAME_PATTERN (the few in use), so the regex runs once each.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 1024
+
+
+def _good_name(name: Any) -> bool:
+    if type(name) is not str:
+        return False
+    if name in _GOOD_NAMES:
+        return True
+    if not NAME_PATTERN.match(name):
+        return False
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
+    return True
+
+
 def _shape_error(data: dict[str, Any]) -> TxError | None:
+    # The common case in one pass of cheap checks; any doubt takes the path that names it.
+    sender, sig, nonce = data.get("sender"), data.get("sig"), data.get("nonce")
+    if (list(data) == _TX_FIELD_ORDER and type(data["chain_id"]) is str
+            and _good_name(data["family"]) and _good_name(data["op"])
+            and type(sender) is bytes and len(sender) == PUBLIC_KEY_BYTES
+            and type(nonce) is int and 0 <= nonce <= NONCE_MAX
+            and type(data["payload"]) is dict
+            and type(sig) is bytes and len(sig) == SIGNATURE_BYTES):
+        return None
+    return _shape_problem(data)
+
+
+def _shape_problem(data: dict[str, Any]) -> TxError | None:
     keys = set(data)
     if keys != TX_FIELDS:
         missing = sorted(TX_FIELDS - keys)
@@ -124,8 +158,11 @@ def _shape_error(data: dict[str, Any]) -> TxError | None:
     return None
 
 
-def decode_tx(data: bytes) -> Tx | TxError:
-    """Decode and shape-check a transaction without checking its signature."""
+def decode_tx(data: bytes, tx_hash: bytes | None = None) -> Tx | TxError:
+    """Decode and shape-check a transaction without checking its signature.
+
+    `tx_hash`, when the caller already has it, must be sha256(data) (saves hashing again).
+    """
     if len(data) > TX_BYTES_MAX:
         return TxError("tx_too_large", f"{len(data)} bytes exceeds the {TX_BYTES_MAX}-byte limit")
     try:
@@ -137,7 +174,8 @@ def decode_tx(data: bytes) -> Tx | TxError:
         return problem
     raw = bytes(data)
     return Tx(fields["chain_id"], fields["family"], fields["op"], fields["sender"],
-              fields["nonce"], fields["payload"], fields["sig"], raw, sha256(raw))
+              fields["nonce"], fields["payload"], fields["sig"], raw,
+              sha256(raw) if tx_hash is None else tx_hash)
 
 
 # "sig" sorts last among the seven fields, so a canonical signed tx is the unsigned body's
@@ -174,9 +212,12 @@ def check_signature(tx: Tx) -> TxError | None:
     return None
 
 
-def decode_and_verify(data: bytes, chain_id: str) -> Tx | TxError:
-    """The one way in for transaction bytes: a verified Tx, or the reason it is refused."""
-    tx = decode_tx(data)
+def decode_and_verify(data: bytes, chain_id: str, tx_hash: bytes | None = None) -> Tx | TxError:
+    """The one way in for transaction bytes: a verified Tx, or the reason it is refused.
+
+    `tx_hash`, when the caller already has it, must be sha256(data).
+    """
+    tx = decode_tx(data, tx_hash)
     if isinstance(tx, TxError):
         return tx
     if tx.chain_id != chain_id:

@@ -23,7 +23,8 @@ class TxVerifier:
     def __init__(self, chain_id: str, threads: int = 2) -> None:
         self.chain_id = chain_id
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
-        self._pending: list[tuple[bytes, asyncio.Future[Tx | TxError]]] = []
+        # (raw, its hash, the future for its outcome), waiting for the next flush.
+        self._pending: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]] = []
         self._flush_scheduled = False
         # Hashes already verified on this node (bounded): a tx seen in the mempool and
         # then in a block, or in two proposals, is checked only once.
@@ -31,8 +32,10 @@ class TxVerifier:
         self.verified_max = 200_000
         self._in_flight: dict[bytes, asyncio.Future[Tx | TxError]] = {}
 
-    def _check_chunk(self, raws: list[bytes]) -> list[Tx | TxError]:
-        return [decode_and_verify(raw, self.chain_id) for raw in raws]
+    def _check_chunk(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]]
+                     ) -> list[Tx | TxError]:
+        chain_id = self.chain_id
+        return [decode_and_verify(raw, chain_id, tx_hash) for raw, tx_hash, _ in chunk]
 
     def known(self, tx_hash: bytes) -> Tx | None:
         return self._verified.get(tx_hash)
@@ -48,10 +51,14 @@ class TxVerifier:
         for tx_hash in tx_hashes:
             self._verified.pop(tx_hash, None)
 
-    def verify(self, raw: bytes) -> asyncio.Future[Tx | TxError]:
-        """A future for the verified tx (or its error); batched with concurrent callers."""
+    def verify(self, raw: bytes, tx_hash: bytes | None = None) -> asyncio.Future[Tx | TxError]:
+        """A future for the verified tx (or its error); batched with concurrent callers.
+
+        `tx_hash`, when the caller already has it, must be sha256(raw).
+        """
         loop = asyncio.get_running_loop()
-        tx_hash = sha256(raw)
+        if tx_hash is None:
+            tx_hash = sha256(raw)
         in_flight = self._in_flight.get(tx_hash)
         if in_flight is not None:
             return in_flight  # gossip and a proposal carrying the same tx share one check
@@ -61,7 +68,7 @@ class TxVerifier:
             future.set_result(cached)
             return future
         self._in_flight[tx_hash] = future
-        self._pending.append((raw, future))
+        self._pending.append((raw, tx_hash, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -76,16 +83,20 @@ class TxVerifier:
         loop = asyncio.get_running_loop()
         for start in range(0, len(pending), CHUNK_TXS):
             chunk = pending[start:start + CHUNK_TXS]
-            work = loop.run_in_executor(self._pool, self._check_chunk, [raw for raw, _ in chunk])
+            work = loop.run_in_executor(self._pool, self._check_chunk, chunk)
             work.add_done_callback(functools.partial(self._deliver, chunk))
 
-    def _deliver(self, chunk: list[tuple[bytes, asyncio.Future[Tx | TxError]]],
+    def _deliver(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]],
                  done: asyncio.Future[list[Tx | TxError]]) -> None:
         results = done.result()
-        for (raw, future), result in zip(chunk, results, strict=True):
-            self._in_flight.pop(sha256(raw), None)
+        in_flight, verified = self._in_flight, self._verified
+        for (_, tx_hash, future), result in zip(chunk, results, strict=True):
+            in_flight.pop(tx_hash, None)
             if isinstance(result, Tx):
-                self.remember(result)
+                if len(verified) >= self.verified_max:
+                    self.remember(result)  # makes room
+                else:
+                    verified[tx_hash] = result
             if not future.done():
                 future.set_result(result)
 

@@ -90,7 +90,8 @@ def test_a_tx_signed_by_another_key_is_refused_as_bad_signature() -> None:
     ("field", "value"),
     [("family", "Tokens"), ("family", ""), ("op", "1x"), ("op", 5), ("sender", b"\x00" * 31),
      ("nonce", -1), ("nonce", True), ("nonce", 2**63), ("payload", [1]), ("sig", b"\x00" * 63),
-     ("chain_id", 1)],
+     ("chain_id", 1), ("family", [1]), ("op", {"a": 1}), ("family", "tokens!"),
+     ("sender", "ab" * 16)],
 )
 def test_malformed_fields_are_refused_with_tx_malformed(field: str, value: Any) -> None:
     wire = decode_map(sample_tx().raw)
@@ -135,3 +136,18 @@ def test_signed_message_cut_from_wire_bytes_equals_reencoded_body(
 
     tx = sign_tx(KEY, chain, "tokens", "transfer", nonce, payload)
     assert signed_message(tx) == signing_payload("tx", chain, tx.unsigned_body())
+
+
+def test_a_good_name_seen_before_does_not_let_a_bad_one_through() -> None:
+    assert isinstance(decode_tx(sample_tx().raw), Tx)  # "tokens" and "transfer" now known
+    wire = decode_map(sample_tx().raw)
+    for field in ("family", "op"):
+        for bad in ("Tokens", "tokens " , "transfer" * 5, b"tokens"):
+            result = decode_tx(encode({**wire, field: bad}))
+            assert isinstance(result, TxError) and result.code == "tx_malformed", (field, bad)
+
+
+def test_a_given_hash_is_used_as_the_tx_hash() -> None:
+    tx = sample_tx()
+    again = decode_and_verify(tx.raw, CHAIN, sha256(tx.raw))
+    assert isinstance(again, Tx) and again == tx and again.hash == tx.hash
