@@ -743,7 +743,13 @@ class Node:
                 self._halt(f"a quorum committed seq {action.seq} ({action.digest.hex()[:16]}) "
                            "which this node finds invalid: refusing to continue")
                 return
-            self.chain.commit(speculation, cert)
+            # The block goes live at once (one atomic batch, applied on this thread, so no
+            # reader sees part of it); its fsync runs on the writer thread, after any record
+            # batch already started there, while the loop goes on. Waiting clients and the
+            # replica hear of it only once it is durable.
+            self.chain.commit_unsynced(speculation, cert)
+            await asyncio.get_running_loop().run_in_executor(self._record_writer,
+                                                             self.store.sync)
             self._after_commit(speculation)
         self._report_executed(action.seq, self.store.tip()[1])
         deferred = self._deferred.pop(action.seq + 1, None)

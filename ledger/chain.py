@@ -163,6 +163,17 @@ class Chain:
         )
         self.state.apply_prepared(speculation.prepared)
 
+    def commit_unsynced(self, speculation: Speculation, cert: CommitCertificate) -> None:
+        """`commit`, but the batch is not synced: the block is live (one atomic batch, so
+        readers see all of it or none) and the caller makes it durable with
+        `store.sync()`, e.g. on a writer thread, before reporting it executed to anyone."""
+        invariant(cert.block_hash == speculation.block.hash, "certificate is for another block")
+        self.store.append(
+            speculation.block, cert, speculation.result.encoded_receipts,
+            speculation.prepared.ops, sync=False,
+        )
+        self.state.apply_prepared(speculation.prepared)
+
     def commit_certified_run(
         self, run: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]],
     ) -> tuple[list[Speculation], ProposalRejected | None]:
