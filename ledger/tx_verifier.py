@@ -12,6 +12,7 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from ledger.crypto import sha256
 from ledger.tx import Tx, TxError, decode_and_verify
@@ -31,6 +32,7 @@ class TxVerifier:
         self._verified: dict[bytes, Tx] = {}
         self.verified_max = 200_000
         self._in_flight: dict[bytes, asyncio.Future[Tx | TxError]] = {}
+        self.checked = 0  # txs decoded and signature-checked so far (not cache answers)
 
     def _check_chunk(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]]
                      ) -> list[Tx | TxError]:
@@ -74,8 +76,25 @@ class TxVerifier:
             loop.call_soon(self._flush)
         return future
 
-    async def verify_many(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
-        return list(await asyncio.gather(*(self.verify(raw) for raw in raws)))
+    async def verify_many(self, raws: Sequence[bytes],
+                          tx_hashes: Sequence[bytes] | None = None) -> list[Tx | TxError]:
+        """verify() of each raw, in order. A proposal's txs are mostly known already
+        (gossiped first): those are answered from the cache without a future each.
+        `tx_hashes`, when the caller has them, are the sha256 of each raw."""
+        hashes = [sha256(raw) for raw in raws] if tx_hashes is None else tx_hashes
+        results: list[Tx | TxError | None] = []
+        waiting: list[tuple[int, asyncio.Future[Tx | TxError]]] = []
+        verified = self._verified
+        for index, (raw, tx_hash) in enumerate(zip(raws, hashes, strict=True)):
+            cached = verified.get(tx_hash)
+            if cached is None:
+                waiting.append((index, self.verify(raw, tx_hash)))
+            results.append(cached)
+        if waiting:
+            checked = await asyncio.gather(*(future for _, future in waiting))
+            for (index, _), result in zip(waiting, checked, strict=True):
+                results[index] = result
+        return cast(list[Tx | TxError], results)  # every None was filled above
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -89,6 +108,7 @@ class TxVerifier:
     def _deliver(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]],
                  done: asyncio.Future[list[Tx | TxError]]) -> None:
         results = done.result()
+        self.checked += len(results)
         in_flight, verified = self._in_flight, self._verified
         for (_, tx_hash, future), result in zip(chunk, results, strict=True):
             in_flight.pop(tx_hash, None)

@@ -73,3 +73,28 @@ def test_concurrent_checks_of_one_tx_share_a_single_verification() -> None:
             verifier.close()
 
     asyncio.run(scenario())
+
+
+def test_verify_many_answers_known_txs_from_the_cache_and_checks_the_rest_in_order() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN)
+        try:
+            txs = [sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+                   for _ in range(6)]
+            bad = bytearray(txs[5].raw)
+            bad[-1] ^= 1
+            await verifier.verify_many([tx.raw for tx in txs[:3]])
+            checks_before = verifier.checked
+            raws = [txs[4].raw, txs[0].raw, bytes(bad), txs[2].raw, txs[3].raw, txs[1].raw]
+            results = await verifier.verify_many(raws)
+            assert [r.hash if isinstance(r, Tx) else r.code for r in results] == [
+                txs[4].hash, txs[0].hash, "bad_signature", txs[2].hash, txs[3].hash,
+                txs[1].hash]
+            assert verifier.checked - checks_before == 3  # only the three it had not seen
+            hashes = [r.hash if isinstance(r, Tx) else b"" for r in results]
+            again = await verifier.verify_many(raws[:2], hashes[:2])
+            assert again == results[:2]
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
