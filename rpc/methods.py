@@ -135,6 +135,16 @@ def jsonable(value: Any) -> Any:
     from a handler; anything else that is not JSON is left for the dispatcher to refuse
     as an internal error.
     """
+    kind = type(value)
+    # Exact types first: this runs for every committed tx a caller waits for.
+    if kind in _JSON_LEAVES:
+        return value
+    if kind is bytes:
+        return value.hex()
+    if kind is dict:
+        return {key if type(key) is str else str(key):
+                item if type(item) in _JSON_LEAVES else jsonable(item)
+                for key, item in value.items()}
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, dict):
@@ -142,3 +152,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(item) for item in value]
     return value
+
+
+_JSON_LEAVES = frozenset({str, int, bool, float, type(None)})

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.tx import TX_BYTES_MAX
 from rpc.jsonrpc import INVALID_PARAMS, RpcDispatcher, RpcMethod
@@ -84,3 +86,28 @@ def test_jsonable_turns_nested_bytes_into_hex_and_tuples_into_lists() -> None:
     value = {"hash": b"\x01\xff", "sigs": ((b"\x02", b"\x03"),), "n": 5, "s": "x", "z": None}
     assert jsonable(value) == {"hash": "01ff", "sigs": [["02", "03"]], "n": 5, "s": "x",
                                "z": None}
+
+
+def _jsonable_reference(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(key): _jsonable_reference(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable_reference(item) for item in value]
+    return value
+
+
+ledger_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5)
+    | st.binary(max_size=3).map(bytearray),
+    lambda children: st.lists(children, max_size=4) | st.lists(children, max_size=3).map(tuple)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 9), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(deadline=None)
+@given(ledger_like)
+def test_jsonable_fast_path_gives_what_the_plain_walk_gives(value: Any) -> None:
+    assert jsonable(value) == _jsonable_reference(value)
