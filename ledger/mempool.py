@@ -67,15 +67,18 @@ class Mempool:
         """Admit a transaction whose signature this node has already checked."""
         if tx.hash in self._by_hash:
             return TxError("already_known", "this transaction is already pending")
-        pending = self._by_sender.get(tx.sender_address, {})
-        if tx.nonce in pending:
-            return TxError("nonce_pending", f"another pending transaction uses nonce {tx.nonce}")
-        if len(pending) >= self.limits.per_sender_max:
-            return TxError(
-                "mempool_full",
-                f"sender already has {len(pending)} pending transactions "
-                f"(limit {self.limits.per_sender_max})",
-            )
+        sender = tx.sender_address
+        pending = self._by_sender.get(sender)
+        if pending is not None:
+            if tx.nonce in pending:
+                return TxError("nonce_pending",
+                               f"another pending transaction uses nonce {tx.nonce}")
+            if len(pending) >= self.limits.per_sender_max:
+                return TxError(
+                    "mempool_full",
+                    f"sender already has {len(pending)} pending transactions "
+                    f"(limit {self.limits.per_sender_max})",
+                )
         if len(self._by_hash) >= self.limits.txs_max:
             return TxError("mempool_full", f"mempool holds {self.limits.txs_max} transactions")
         if self._bytes + len(tx.raw) > self.limits.bytes_max:
@@ -84,7 +87,9 @@ class Mempool:
         if problem is not None:
             return problem
         self._by_hash[tx.hash] = tx
-        self._by_sender.setdefault(tx.sender_address, {})[tx.nonce] = tx
+        if pending is None:
+            pending = self._by_sender[sender] = {}
+        pending[tx.nonce] = tx
         self._bytes += len(tx.raw)
         return tx
 
