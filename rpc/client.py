@@ -29,6 +29,7 @@ from rpc.methods import (
     STATE_GET,
     TX_GET,
     TX_SUBMIT,
+    VALIDATOR_EPOCHS,
     VALIDATORS_LIST,
     jsonable,
 )
@@ -298,6 +299,9 @@ class LedgerClient:
     async def validators_list(self) -> Any:
         return await self.rpc.call(VALIDATORS_LIST)
 
+    async def validator_epochs(self) -> Any:
+        return await self.rpc.call(VALIDATOR_EPOCHS)
+
     async def state_get(self, key: str | bytes) -> Any:
         """A state entry; `key` as raw bytes, or a str taken as the UTF-8 key text."""
         raw = key.encode() if isinstance(key, str) else bytes(key)
@@ -382,6 +386,9 @@ class SyncLedgerClient(_LoopOwner):
 
     def validators_list(self) -> Any:
         return self._run(self.client.validators_list())
+
+    def validator_epochs(self) -> Any:
+        return self._run(self.client.validator_epochs())
 
     def state_get(self, key: str | bytes) -> Any:
         return self._run(self.client.state_get(key))

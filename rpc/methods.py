@@ -22,6 +22,7 @@ TX_GET = "tx_get"
 BLOCK_GET = "block_get"
 BLOCK_LATEST = "block_latest"
 VALIDATORS_LIST = "validators_list"
+VALIDATOR_EPOCHS = "validator_epochs"
 STATE_GET = "state_get"
 ACCOUNT_GET = "account_get"
 
@@ -106,6 +107,10 @@ class ValidatorsListParams(NoParams):
     pass
 
 
+class ValidatorEpochsParams(NoParams):
+    pass
+
+
 class StateGetParams(RpcParams):
     """`key`: the raw state key as hex (e.g. hex of b"tokens/bal/<class>/<holder>")."""
 
@@ -123,6 +128,7 @@ PARAMS_MODELS: dict[str, type[RpcParams]] = {
     BLOCK_GET: BlockGetParams,
     BLOCK_LATEST: BlockLatestParams,
     VALIDATORS_LIST: ValidatorsListParams,
+    VALIDATOR_EPOCHS: ValidatorEpochsParams,
     STATE_GET: StateGetParams,
     ACCOUNT_GET: AccountGetParams,
 }

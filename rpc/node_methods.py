@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ledger.block import Block, CommitCertificate
 from ledger.codec import decode
 from ledger.crypto import sha256
+from ledger.epochs import EpochHistory
 from ledger.errors import CodecError
 from ledger.executor import next_nonce
 from ledger.genesis import Genesis
@@ -57,6 +58,8 @@ class NodeView(Protocol):
     """What the RPC methods need from the node."""
 
     genesis: Genesis
+    chain_id: str
+    epochs: EpochHistory
     store: BlockStore
     state: WorldState
     mempool: Mempool
@@ -256,10 +259,21 @@ def build_node_methods(
         assert block is not None
         return {"height": height, **header_json(block, node.store.certificate(height))}
 
-    async def validators_list(params: Any) -> Any:
+    def validator_entries(validators: Any) -> list[dict[str, Any]]:
         return [{"name": v.name, "public_key": v.public_key, "address": v.address,
                  "p2p_address": v.p2p_address, "rpc_address": v.rpc_address}
-                for v in node.genesis.validators]
+                for v in validators]
+
+    async def validators_list(params: Any) -> Any:
+        """The validator set of the current epoch (genesis's until a set change)."""
+        return validator_entries(node.epochs.current.validators)
+
+    async def validator_epochs(params: Any) -> Any:
+        """Every validator set so far: which seqs it certifies and the domain it signs in."""
+        return [{"epoch": epoch.number, "first_seq": epoch.first_seq,
+                 "signing_domain": epoch.domain(node.chain_id),
+                 "validators": validator_entries(epoch.validators)}
+                for epoch in node.epochs.all()]
 
     async def state_get(params: StateGetParams) -> Any:
         key = bytes.fromhex(params.key)
@@ -286,7 +300,8 @@ def build_node_methods(
     core: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "node_status": node_status, "tx_submit": tx_submit, "tx_get": tx_get,
         "block_get": block_get, "block_latest": block_latest,
-        "validators_list": validators_list, "state_get": state_get,
+        "validators_list": validators_list, "validator_epochs": validator_epochs,
+        "state_get": state_get,
         "account_get": account_get,
     }
     methods = [RpcMethod(name, PARAMS_MODELS[name], handler, handler.__doc__ or "")

@@ -104,6 +104,13 @@ def _run_scenario(cluster: Cluster) -> None:
     expected = sorted(v["name"] for v in new_set)
     for node in old[:3]:
         assert sorted(_status(node)["validators"]) == expected
+    assert sorted(v["name"] for v in old[1].rpc("validators_list")) == expected
+    epochs = old[1].rpc("validator_epochs")
+    assert [e["epoch"] for e in epochs] == [0, 1] and epochs[0]["first_seq"] == 1
+    assert (epochs[1]["first_seq"] - 1) % CHECKPOINT_INTERVAL == 0
+    assert epochs[1]["signing_domain"] == f"{cluster.chain_id}/epoch/1"
+    assert epochs[1]["validators"] == [{**v, "address": epochs[1]["validators"][i]["address"]}
+                                       for i, v in enumerate(new_set)]
     wait_until(lambda: _status(departing)["epoch"] == 1, 30.0, "the departing node to switch")
     assert _status(departing)["validator"] is False
 
