@@ -196,6 +196,10 @@ class Node:
         self._writing = False
         self.sequences = CommittedSequences(self.store, self.genesis.hash)
         self._finish_epoch_switch()
+        for retired in self.epochs.all()[:-1]:  # a retired set's votes are never needed again
+            old_log = RecordLog(self.store.db, _records_prefix(retired.number))
+            if len(old_log):
+                old_log.replace([])
         self.replica: Replica | None = self._restore_replica()
         if self.replica is None:
             log.warning("this node's key is not in the current validator set (epoch %d): it "

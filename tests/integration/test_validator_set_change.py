@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import plyvel
 import pytest
 
 from ledger.crypto import KeyPair
@@ -141,6 +142,13 @@ def _run_scenario(cluster: Cluster) -> None:
 
     for node in live + [departing]:
         node.stop()
+    # The restarted node dropped the retired epoch's consensus records; the new ones stay.
+    db = plyvel.DB(str(old[1].home / "data" / "ledger.db"))
+    try:
+        assert next(db.iterator(prefix=b"cons/rec/"), None) is None
+        assert next(db.iterator(prefix=b"cons/rec-e1/"), None) is not None
+    finally:
+        db.close()
     for node in live:
         result = run_cli("verify-chain", "--home", str(node.home))
         assert result.returncode == 0, result.stdout + result.stderr
