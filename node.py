@@ -89,6 +89,7 @@ TICK_MS = 10
 FORWARD_BATCH_TXS_MAX = 1000
 FETCH_SEQS_MAX = 32
 RUN_BLOCKS_MAX = 64  # committed blocks executed back to back with one fsync
+FETCH_AHEAD_SEQS_MAX = 3 * FETCH_SEQS_MAX  # fetched seqs waiting for execution, at most
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 TIP_INTERVAL_S = 1.0
 STARTUP_GRACE_S = 2.5 * TIP_INTERVAL_S  # long enough to hear every peer's tip
@@ -214,6 +215,7 @@ class Node:
         self._withdrawn: set[bytes] = set()
         self._peer_seq: dict[bytes, int] = {}
         self._last_catch_up_s = 0.0
+        self._stream_peer: bytes | None = None  # whose catch-up stream waits for execution
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._forward: list[bytes] = []
         self._jobs: asyncio.Queue[Action] = asyncio.Queue()
@@ -651,6 +653,7 @@ class Node:
                     run.append(following)
                 if len(run) > 1:
                     await self._execute_run(run)
+                    self._continue_fetch()
                     if self._epoch_switches != switches:
                         carried = None  # it was the old set's job
                     continue
@@ -660,6 +663,7 @@ class Node:
                 await self._validate(action)
             elif isinstance(action, Execute):
                 await self._execute(action)
+                self._continue_fetch()
             if self._epoch_switches != switches:
                 carried = None  # it was the old set's job
 
@@ -881,17 +885,23 @@ class Node:
             raise MessageError("tip needs a sequence number")
         self._peer_seq[peer] = seq
         now = time.monotonic()
-        if seq > self.executed_seq and now - self._last_catch_up_s >= CATCH_UP_INTERVAL_S \
-                and self.p2p is not None:
+        issued = self._issued_seq()
+        if seq > issued and now - self._last_catch_up_s >= CATCH_UP_INTERVAL_S \
+                and issued - self.executed_seq < FETCH_AHEAD_SEQS_MAX and self.p2p is not None:
             self._last_catch_up_s = now
-            first = self.executed_seq + 1
+            first = issued + 1  # what is fetched but still executing is not asked again
             self.p2p.send(peer, {"k": "fetch", "from": first,
                                  "to": min(seq, first + FETCH_SEQS_MAX - 1)})
+
+    def _issued_seq(self) -> int:
+        """The highest seq this node has received and queued for execution."""
+        return self.replica.last_issued if self.replica is not None else self.executed_seq
 
     def _on_fetched(self, peer: bytes, items: Any) -> None:
         if not isinstance(items, list):
             raise MessageError("fetched frame needs a list")
         last = 0
+        issued_before = self._issued_seq()
         for item in items[:FETCH_SEQS_MAX]:
             if not isinstance(item, dict) or not isinstance(item.get("payload"), bytes) \
                     or type(item.get("seq")) is not int:
@@ -905,9 +915,29 @@ class Node:
             last = max(last, item["seq"])
         # Ask for the next range at once instead of at the next tip announcement, so a
         # long catch-up streams (the replica takes up to fetch_seqs_max ahead of execution).
-        if last and self._peer_seq.get(peer, 0) > last and self.p2p is not None:
-            self.p2p.send(peer, {"k": "fetch", "from": last + 1,
-                                 "to": min(self._peer_seq[peer], last + FETCH_SEQS_MAX)})
+        # Only a peer whose answer moved us on is asked again: several peers are asked for
+        # the same first range, and a stream per peer would fetch the history once per peer.
+        advanced = self._issued_seq() > issued_before
+        if last and advanced:
+            self._stream_peer = peer
+            self._continue_fetch()
+
+    def _continue_fetch(self) -> None:
+        """Ask the streaming peer for the next range, unless execution is far behind.
+
+        Bounded memory: at most FETCH_AHEAD_SEQS_MAX fetched seqs wait for execution; the
+        job worker calls this again as it executes them.
+        """
+        peer = self._stream_peer
+        if peer is None or self.p2p is None:
+            return
+        first = self._issued_seq() + 1
+        if first - 1 - self.executed_seq >= FETCH_AHEAD_SEQS_MAX:
+            return  # resumed by the job worker
+        self._stream_peer = None
+        if self._peer_seq.get(peer, 0) >= first:
+            self.p2p.send(peer, {"k": "fetch", "from": first,
+                                 "to": min(self._peer_seq[peer], first + FETCH_SEQS_MAX - 1)})
 
     def _follow(self, seq: int, payload: bytes, proof: CommitProof) -> bool:
         """Apply one fetched committed seq on a node that votes in no current set.
