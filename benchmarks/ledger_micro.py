@@ -16,6 +16,7 @@ transfer-like module defined here. Medians over the rounds are printed and writt
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import os
@@ -228,11 +229,100 @@ def run_block(chain: Chain, txs: list[Tx]) -> dict[str, float]:
             "store_append": store_s, "writes": float(len(result.writes))}
 
 
+# -- the node's edge: codec, tx decode, RPC batch, verifier cache (--edge) --------------------
+class _EdgeNode:
+    """Just enough node for rpc.node_methods' tx_submit: admits known txs, commits at once."""
+
+    halted: str | None = None
+
+    def __init__(self, txs: list[Tx]) -> None:
+        from rpc.node_methods import TxWaiters
+
+        self.waiters = TxWaiters()
+        self._by_hash = {tx.hash: tx for tx in txs}
+
+    async def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError:
+        from rpc.methods import jsonable
+
+        tx = self._by_hash[sha256(raw)]
+        receipt = {"hash": tx.hash.hex(), "height": 1, "index": 0,
+                   "receipt": jsonable({"status": "ok", "code": "ok", "result": {}})}
+        asyncio.get_running_loop().call_soon(self.waiters.resolve, tx.hash, receipt)
+        return tx
+
+
+def edge_costs(txs_count: int = 1000, repeats: int = 9) -> dict[str, float]:
+    """Per-tx CPU microseconds (best of `repeats`) of the node's edge work for transfers."""
+    from ledger.codec import decode, encode
+    from ledger.tx import decode_tx
+    from ledger.tx_verifier import TxVerifier
+    from p2p.framing import encode_frame, split_frames
+    from rpc.jsonrpc import RpcDispatcher
+    from rpc.node_methods import build_node_methods
+
+    keys = [KeyPair(sha256(f"edge sender {i}".encode())) for i in range(100)]
+    txs = [sign_tx(keys[i % 100], CHAIN_ID, "tokens", "transfer", i // 100,
+                   {"class_id": CLASS_ID, "to": "ab" * 20, "amount": 1})
+           for i in range(txs_count)]
+    raws = [tx.raw for tx in txs]
+    costs: dict[str, float] = {}
+
+    def best(action: Callable[[], object], per: int) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.process_time()
+            action()
+            times.append((time.process_time() - started) / per * 1e6)
+        return min(times)
+
+    costs["decode_tx"] = best(lambda: [decode_tx(raw) for raw in raws], txs_count)
+    block = encode({"height": 1, "txs": raws})
+    costs["strict block decode /tx"] = best(lambda: decode(block), txs_count)
+    frame = encode_frame({"k": "txs", "txs": raws})
+    costs["gossip frame decode /tx"] = best(lambda: split_frames(frame, 8 << 20), txs_count)
+    costs["encode(int)"] = best(lambda: [encode(n) for n in range(txs_count)], txs_count)
+
+    def batch_bodies(wait: bool) -> list[bytes]:
+        flag = "true" if wait else "false"
+        return [("[" + ",".join(
+            f'{{"jsonrpc":"2.0","method":"tx_submit","params":{{"tx":"{raw.hex()}",'
+            f'"wait":{flag}}},"id":{i}}}' for i, raw in enumerate(raws[start:start + 100]))
+            + "]").encode() for start in range(0, txs_count, 100)]
+
+    async def submit(bodies: list[bytes]) -> None:
+        dispatcher = RpcDispatcher.of(build_node_methods(_EdgeNode(txs)))
+        await asyncio.gather(*(dispatcher.dispatch(body) for body in bodies))
+
+    for wait in (True, False):
+        bodies = batch_bodies(wait)
+        costs[f"rpc tx_submit wait={str(wait).lower()} /call"] = best(
+            lambda bodies=bodies: asyncio.run(submit(bodies)), txs_count)
+
+    async def verify_cached() -> float:
+        verifier = TxVerifier(CHAIN_ID)
+        try:
+            await verifier.verify_many(raws)  # now every one is known
+            times = []
+            for _ in range(repeats):
+                started = time.process_time()
+                await verifier.verify_many(raws)
+                times.append((time.process_time() - started) / txs_count * 1e6)
+            return min(times)
+        finally:
+            verifier.close()
+
+    costs["verify_many of known txs /tx"] = asyncio.run(verify_cached())
+    return costs
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--txs", type=int, default=1000, help="transactions per block")
     parser.add_argument("--rounds", type=int, default=7, help="measured blocks")
     parser.add_argument("--out", default="bench-out", help="directory for the JSON report")
+    parser.add_argument("--edge", action="store_true",
+                        help="also time the edge: tx decode, codec, RPC tx_submit batches, "
+                             "the verifier's cache")
     args = parser.parse_args(argv)
 
     validators = [KeyPair(sha256(f"bench validator {i}".encode())) for i in range(4)]
@@ -281,6 +371,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'total':<16}{total:>16.1f}   -> {1e6 / total:,.0f} tx/s on one core")
     if chain.store is None:
         print("store_append: n/a (ledger.store not available; plain state batch timed)")
+    if args.edge:
+        edge = edge_costs()
+        report["edge_us"] = edge
+        print(f"{'edge (best of 9)':<36}{'CPU us':>10}")
+        for name, value in edge.items():
+            print(f"{name:<36}{value:>10.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ledger_micro.json").write_text(json.dumps(report, indent=2) + "\n")
