@@ -1,0 +1,113 @@
+"""A lagging node fetches each range of history once and never runs far ahead of execution.
+
+Two real Nodes in one process: a source that commits certified (empty) blocks, and a
+fresh node fed the source's own `fetched` answers; a recording transport stands in for p2p.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.block import CommitCertificate, commit_vote_bytes
+from ledger.crypto import KeyPair
+from ledger.network_setup import init_network
+from node import FETCH_AHEAD_SEQS_MAX, FETCH_SEQS_MAX, Node
+
+HISTORY_SEQS = FETCH_AHEAD_SEQS_MAX + 2 * FETCH_SEQS_MAX
+
+
+class RecordingPeers:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict[str, Any]]] = []
+
+    def send(self, peer: bytes, frame: dict[str, Any]) -> None:
+        self.sent.append((peer, frame))
+
+    def broadcast(self, frame: dict[str, Any]) -> None:
+        pass
+
+    def connected_peers(self) -> list[bytes]:
+        return []
+
+    def fetches_to(self, peer: bytes) -> list[tuple[int, int]]:
+        return [(f["from"], f["to"]) for p, f in self.sent if p == peer and f["k"] == "fetch"]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node, list[KeyPair]]]:
+    layout = init_network(tmp_path / "net", 4)
+    keys = [KeyPair.load(home / "node_key.json") for home in layout.homes]
+    source, lagging = Node(layout.homes[0]), Node(layout.homes[1])
+    try:
+        yield source, lagging, keys
+    finally:
+        for made in (source, lagging):
+            made.verifier.close()
+            made._record_writer.shutdown(wait=True)
+            made.store.close()
+
+
+def commit_history(source: Node, keys: list[KeyPair], count: int) -> None:
+    domain = source.epochs.current.domain(source.chain_id)
+    for seq in range(1, count + 1):
+        spec = source.chain.build(0, source.key.public_key, [], int(time.time() * 1000))
+        vote = commit_vote_bytes(domain, 0, seq, spec.block.hash)
+        signatures = tuple(sorted((k.public_key, k.sign(vote)) for k in keys[:3]))
+        source.chain.commit(spec, CommitCertificate(seq, 0, spec.block.hash, signatures))
+
+
+def answer(source: Node, first: int, last: int) -> list[dict[str, Any]]:
+    peers = RecordingPeers()
+    source.p2p = peers  # type: ignore[assignment]
+    source._serve_fetch(b"asker", {"from": first, "to": last})
+    (_, frame), = peers.sent
+    items: list[dict[str, Any]] = frame["items"]
+    return items
+
+
+def test_each_range_is_streamed_from_one_peer_and_at_most_the_ahead_limit_waits(
+        nodes: tuple[Node, Node, list[KeyPair]]) -> None:
+    source, lagging, keys = nodes
+    commit_history(source, keys, HISTORY_SEQS)
+    first_peer, second_peer = keys[2].public_key, keys[3].public_key
+    peers = RecordingPeers()
+    lagging.p2p = peers  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        lagging._peer_seq[first_peer] = lagging._peer_seq[second_peer] = HISTORY_SEQS
+        first_range = answer(source, 1, FETCH_SEQS_MAX)
+        lagging._on_fetched(first_peer, first_range)
+        # The same range from a second peer moves nothing on: that peer is not asked again.
+        lagging._on_fetched(second_peer, first_range)
+        assert peers.fetches_to(second_peer) == []
+        assert peers.fetches_to(first_peer) == [(FETCH_SEQS_MAX + 1, 2 * FETCH_SEQS_MAX)]
+        # Nothing executes yet (no job worker): the stream stops at the ahead limit.
+        for _ in range(FETCH_AHEAD_SEQS_MAX // FETCH_SEQS_MAX):
+            if lagging._issued_seq() >= FETCH_AHEAD_SEQS_MAX:
+                break
+            lagging._on_fetched(first_peer, answer(source, *peers.fetches_to(first_peer)[-1]))
+        assert lagging._issued_seq() == FETCH_AHEAD_SEQS_MAX and lagging.executed_seq == 0
+        asked = len(peers.fetches_to(first_peer))
+        lagging._on_fetched(first_peer, answer(source, FETCH_AHEAD_SEQS_MAX - 1,
+                                               FETCH_AHEAD_SEQS_MAX))  # nothing new
+        lagging._on_peer_tip(first_peer, HISTORY_SEQS)  # a tip does not bypass the limit
+        assert len(peers.fetches_to(first_peer)) == asked
+        # Executing what waits resumes the stream where it stopped.
+        worker = asyncio.create_task(lagging._job_worker())
+        try:
+            deadline = time.monotonic() + 30
+            while lagging.executed_seq < FETCH_AHEAD_SEQS_MAX and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            worker.cancel()
+        assert lagging.executed_seq == FETCH_AHEAD_SEQS_MAX
+        assert peers.fetches_to(first_peer)[-1][0] == FETCH_AHEAD_SEQS_MAX + 1
+
+    asyncio.run(scenario())
+    assert lagging.store.tip()[1] == source.store.block(FETCH_AHEAD_SEQS_MAX).hash  # type: ignore[union-attr]
