@@ -21,6 +21,14 @@ class RequestReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestsReceived:
+    """Several requests at once, in arrival order: the same as one RequestReceived each,
+    in one step (the node admits transactions in batches)."""
+
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestWithdrawn:
     """The node dropped a request (invalid, expired): stop waiting for it."""
 
@@ -89,7 +97,7 @@ class CommittedFetched:
     certificate: CommitProof
 
 
-Event = (RequestReceived | RequestWithdrawn | TimerFired | MessageReceived | ProposalBuilt
+Event = (RequestReceived | RequestsReceived | RequestWithdrawn | TimerFired | MessageReceived | ProposalBuilt
          | ProposalValidated | Executed | CommittedFetched)
 
 # -- actions ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ No sockets, clock, disk or randomness: the node feeds events and performs action
 list order. Events (consensus/events.py):
     RequestReceived(digest)       a client request this node knows (gossiped to all nodes;
                                   the node itself forwards txs to the primary)
+    RequestsReceived(digests)     the same for several requests, in arrival order
     RequestWithdrawn(digest)      the node dropped that request (invalid, expired)
     TimerFired(kind, token)       a timer set by SetTimer expired
     MessageReceived(peer, msg)    a decoded peer message (consensus.messages.decode_message)
@@ -63,6 +64,7 @@ from consensus.events import (
     ProposalBuilt,
     ProposalValidated,
     RequestReceived,
+    RequestsReceived,
     RequestWithdrawn,
     Send,
     TimerFired,
@@ -195,6 +197,9 @@ class Replica(ViewChanging):
             self._on_message(event.message)
         elif isinstance(event, RequestReceived):
             self._on_request(event.digest)
+        elif isinstance(event, RequestsReceived):
+            for digest in event.digests:
+                self._on_request(digest)
         elif isinstance(event, RequestWithdrawn):
             self.pending.pop(event.digest, None)
             self.queued.pop(event.digest, None)

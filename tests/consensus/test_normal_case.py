@@ -3,7 +3,14 @@ commit certificates the ledger accepts, persist-before-send, checkpoints and GC.
 
 from __future__ import annotations
 
-from consensus.events import BuildProposal, Execute, Persist, ProposalValidated, Send
+from consensus.events import (
+    BuildProposal,
+    Execute,
+    Persist,
+    ProposalValidated,
+    RequestsReceived,
+    Send,
+)
 from consensus.messages import Checkpoint, Commit, Prepare, PrePrepare, ViewChange
 from consensus.records import GuardRecord
 from consensus.replica import BATCH_TIMER, PROGRESS_TIMER
@@ -193,3 +200,20 @@ def test_build_proposal_carries_the_requests_in_arrival_order() -> None:
     cluster.submit(3)
     builds = cluster.nodes[0].builds
     assert builds == [BuildProposal(0, 1, (request(7), request(3)))]
+
+
+def test_a_batch_of_requests_is_the_same_as_receiving_them_one_by_one() -> None:
+    one_by_one, batched = Cluster(batch_requests_max=3), Cluster(batch_requests_max=3)
+    numbers = [5, 1, 5, 9, 2, 4, 8]  # a duplicate is ignored either way
+    for number in numbers:
+        one_by_one.submit(number)
+    for index in range(4):
+        batched.step(index, RequestsReceived(tuple(request(n) for n in numbers)))
+    for cluster in (one_by_one, batched):
+        cluster.run()
+        cluster.fire(BATCH_TIMER, [0])
+        cluster.run()
+    assert [b.requests for b in batched.nodes[0].builds] == \
+        [b.requests for b in one_by_one.nodes[0].builds]
+    assert batched.requests_executed(2) == one_by_one.requests_executed(2) == [
+        request(n) for n in (5, 1, 9, 2, 4, 8)]
