@@ -341,11 +341,14 @@ class Node:
         log.warning("epoch %d: validator set changed from seq %d (joined %s, left %s)%s",
                     epoch.number, epoch.first_seq, joined or "none", left or "none",
                     "" if self.is_validator else "; this node no longer votes")
+        for peer in [p for p in self._peer_seq if p not in self.validators]:
+            del self._peer_seq[peer]  # a departed validator's tip no longer says we lag
         if self.replica is None:
             return
         self.perform(self.replica.start())
-        for digest in self.mempool.pending_hashes():
-            self.feed(RequestReceived(digest))
+        pending = tuple(self.mempool.pending_hashes())
+        if pending:
+            self.feed(RequestsReceived(pending))
 
     def primary_of(self, view: int) -> bytes:
         return self.validators[view % len(self.validators)]
@@ -598,6 +601,7 @@ class Node:
             return tx
         admitted = self.mempool.add_verified(tx)
         if isinstance(admitted, TxError):
+            self._forget_refused(tx)
             return admitted
         if forward:
             self._forward.append(tx.raw)
@@ -618,6 +622,7 @@ class Node:
             if not isinstance(tx, TxError):
                 added = self.mempool.add_verified(tx)
                 if isinstance(added, TxError):
+                    self._forget_refused(tx)
                     tx = added
                 else:
                     if forward:
@@ -627,6 +632,12 @@ class Node:
         if admitted:
             self.feed(RequestsReceived(tuple(admitted)))
         return outcomes
+
+    def _forget_refused(self, tx: Tx) -> None:
+        """A verified tx the pool refused (e.g. a gossiped copy of one already committed)
+        will not be proposed: keeping it in the verifier's cache would only hold memory."""
+        if tx.hash not in self.mempool:
+            self.verifier.forget([tx.hash])
 
     def _flush_forward(self) -> None:
         """Gossip new client transactions to every validator.

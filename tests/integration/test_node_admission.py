@@ -1,0 +1,63 @@
+"""Batch admission on a real Node (its own LevelDB, verifier, mempool and replica).
+
+`admit_many` must give each tx the outcome `admit` would, in order, tell the replica once,
+and not keep refused transactions in the verifier's cache (a gossiped copy of a tx that
+already committed would otherwise hold memory until the cache's bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consensus.events import Event, RequestsReceived
+from ledger.crypto import KeyPair, sha256
+from ledger.network_setup import init_network
+from ledger.tx import Tx, TxError, sign_tx
+from node import Node
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    layout = init_network(tmp_path / "net", 4)
+    made = Node(layout.homes[0])
+    try:
+        yield made
+    finally:
+        made.verifier.close()
+        made._record_writer.shutdown(wait=True)
+        made.store.close()
+
+
+def _register(node: Node, nonce: int, key: KeyPair | None = None) -> bytes:
+    return sign_tx(key or KeyPair.generate(), node.chain_id, "identity", "register", nonce,
+                   {}).raw
+
+
+def test_a_batch_is_admitted_in_order_with_one_replica_step_and_refusals_are_forgotten(
+        node: Node) -> None:
+    fed: list[Event] = []
+    node.feed = fed.append  # type: ignore[method-assign]
+    good = [_register(node, 0) for _ in range(3)]
+    too_far_ahead = _register(node, 5_000)  # admission refuses nonces far ahead
+    garbage = b"\x00not a transaction"
+
+    async def scenario() -> tuple[list[Tx | TxError], list[Tx | TxError]]:
+        first = await node.admit_many([good[0], too_far_ahead, good[1], garbage, good[2]])
+        again = await node.admit_many([good[1]])
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert [type(outcome) for outcome in first] == [Tx, TxError, Tx, TxError, Tx]
+    assert [o.hash for o in first if isinstance(o, Tx)] == [sha256(raw) for raw in good]
+    refused = first[1]
+    assert isinstance(refused, TxError) and refused.code != "already_known"
+    assert isinstance(again[0], TxError) and again[0].code == "already_known"
+    assert fed == [RequestsReceived(tuple(sha256(raw) for raw in good))]
+    assert len(node.mempool) == 3
+    # The refused tx was verified, but is not kept: nothing will ever propose it.
+    assert node.verifier.known(sha256(too_far_ahead)) is None
+    assert all(node.verifier.known(sha256(raw)) is not None for raw in good)
