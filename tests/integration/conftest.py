@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from ledger.network_setup import init_network
+from node import Node
 from tests.integration.cluster import Cluster
 
 
@@ -59,3 +61,17 @@ def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     """A running 4-validator network."""
     return make_cluster()
+
+
+@pytest.fixture
+def local_node(tmp_path: Path) -> Iterator[Node]:
+    """A real Node of a fresh 4-node network, in this process and not running: a test
+    drives its methods directly (no sockets); its threads and store are closed after."""
+    made = Node(init_network(tmp_path / "net", 4).homes[0])
+    try:
+        yield made
+    finally:
+        made.verifier.close()
+        made._record_writer.shutdown(wait=True)
+        made.store.close()
+

@@ -8,28 +8,18 @@ already committed would otherwise hold memory until the cache's bound).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from consensus.events import Event, RequestsReceived
 from ledger.crypto import KeyPair, sha256
-from ledger.network_setup import init_network
 from ledger.tx import Tx, TxError, sign_tx
 from node import Node
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    layout = init_network(tmp_path / "net", 4)
-    made = Node(layout.homes[0])
-    try:
-        yield made
-    finally:
-        made.verifier.close()
-        made._record_writer.shutdown(wait=True)
-        made.store.close()
+def node(local_node: Node) -> Node:
+    return local_node
 
 
 def _register(node: Node, nonce: int, key: KeyPair | None = None) -> bytes:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import plyvel
@@ -20,7 +19,6 @@ import pytest
 from consensus.events import Action, Compact, Persist, Send
 from consensus.messages import Prepare, decode_message
 from consensus.records import ViewRecord, decode_record
-from ledger.network_setup import init_network
 from ledger.record_log import RecordLog, RecordWrite
 from node import Node
 
@@ -65,16 +63,9 @@ class RecordingPeers:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    layout = init_network(tmp_path / "net", 4)
-    made = Node(layout.homes[0])
-    made.records.replace([])  # start from an empty log; the replica is not run here
-    try:
-        yield made
-    finally:
-        made.verifier.close()
-        made._record_writer.shutdown(wait=True)
-        made.store.close()
+def node(local_node: Node) -> Node:
+    local_node.records.replace([])  # start from an empty log; the replica is not run here
+    return local_node
 
 
 def persist(view: int) -> Persist:
