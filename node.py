@@ -652,10 +652,9 @@ class Node:
         for start in range(0, len(batch), FORWARD_BATCH_TXS_MAX):
             self.p2p.broadcast({"k": "txs", "txs": batch[start:start + FORWARD_BATCH_TXS_MAX]})
 
-    async def _verify(self, raws: Sequence[bytes],
-                      tx_hashes: Sequence[bytes] | None = None) -> list[Tx | TxError]:
+    async def _verify(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
         """Decode+verify a block's txs; those this node already checked are not redone."""
-        return await self.verifier.verify_many(raws, tx_hashes)
+        return await self.verifier.verify_many(raws)
 
     def _preverify(self, payload: bytes) -> None:
         """Start checking a committed block's tx signatures now (a fetched one: nothing
