@@ -594,19 +594,7 @@ class Node:
     # -- transactions -----------------------------------------------------------------------
     async def admit(self, raw: bytes, *, forward: bool = True) -> Tx | TxError:
         """Admit a client's or a peer's transaction; client ones are gossiped to all peers."""
-        if sha256(raw) in self.mempool:
-            return TxError("already_known", "this transaction is already pending")
-        tx = await self.verifier.verify(raw)
-        if isinstance(tx, TxError):
-            return tx
-        admitted = self.mempool.add_verified(tx)
-        if isinstance(admitted, TxError):
-            self._forget_refused(tx)
-            return admitted
-        if forward:
-            self._forward.append(tx.raw)
-        self.feed(RequestReceived(tx.hash))
-        return tx
+        return (await self.admit_many([raw], forward=forward))[0]
 
     async def admit_many(self, raws: Sequence[bytes], *,
                          forward: bool = True) -> list[Tx | TxError]:
@@ -791,7 +779,7 @@ class Node:
             # reader sees part of it); its fsync runs on the writer thread, after any record
             # batch already started there, while the loop goes on. Waiting clients and the
             # replica hear of it only once it is durable.
-            self.chain.commit_unsynced(speculation, cert)
+            self.chain.commit(speculation, cert, sync=False)
             await asyncio.get_running_loop().run_in_executor(self._record_writer,
                                                              self.store.sync)
             self._after_commit(speculation)

@@ -154,23 +154,18 @@ class Chain:
         return Speculation(block, tuple(txs), result, prepared)
 
     # -- committing -----------------------------------------------------------------------
-    def commit(self, speculation: Speculation, cert: CommitCertificate) -> None:
-        """Write the block, its certificate, receipts and state in one synced batch."""
-        invariant(cert.block_hash == speculation.block.hash, "certificate is for another block")
-        self.store.append(
-            speculation.block, cert, speculation.result.encoded_receipts,
-            speculation.prepared.ops,
-        )
-        self.state.apply_prepared(speculation.prepared)
+    def commit(self, speculation: Speculation, cert: CommitCertificate, *,
+               sync: bool = True) -> None:
+        """Write the block, its certificate, receipts and state in one atomic batch.
 
-    def commit_unsynced(self, speculation: Speculation, cert: CommitCertificate) -> None:
-        """`commit`, but the batch is not synced: the block is live (one atomic batch, so
-        readers see all of it or none) and the caller makes it durable with
-        `store.sync()`, e.g. on a writer thread, before reporting it executed to anyone."""
+        With `sync=False` the batch is not synced: the block is live (readers see all of
+        it or none) and the caller makes it durable with `store.sync()`, e.g. on a writer
+        thread, before reporting it executed to anyone.
+        """
         invariant(cert.block_hash == speculation.block.hash, "certificate is for another block")
         self.store.append(
             speculation.block, cert, speculation.result.encoded_receipts,
-            speculation.prepared.ops, sync=False,
+            speculation.prepared.ops, sync=sync,
         )
         self.state.apply_prepared(speculation.prepared)
 
@@ -193,9 +188,7 @@ class Chain:
                 if cert.block_hash != block.hash:
                     raise ProposalRejected("certificate is for another block")
                 speculation = self.validate(block, txs, now_ms=None)
-                self.store.append(block, cert, speculation.result.encoded_receipts,
-                                  speculation.prepared.ops, sync=False)
-                self.state.apply_prepared(speculation.prepared)
+                self.commit(speculation, cert, sync=False)
                 committed.append(speculation)
         except ProposalRejected as exc:
             rejected = exc
@@ -228,8 +221,7 @@ class Chain:
         """None when `cert` is a quorum of its epoch's validators, else the reason."""
         if self.epochs is None:
             return cert.verify(self.chain_id, self.validators)
-        epoch = self.epochs.at_seq(cert.seq)
-        return cert.verify(epoch.domain(self.chain_id), epoch.keys)
+        return cert.verify(*self.epochs.certifiers(self.chain_id, cert.seq))
 
     def _verify_all(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
         return [decode_and_verify(raw, self.chain_id) for raw in raws]

@@ -144,6 +144,11 @@ class EpochHistory:
         """The epoch that ordered (or orders) consensus sequence `seq`."""
         return self._epochs[max(0, bisect.bisect_right(self._firsts, seq) - 1)]
 
+    def certifiers(self, chain_id: str, seq: int) -> tuple[str, tuple[bytes, ...]]:
+        """The signing domain and validator keys a certificate for `seq` must match."""
+        epoch = self.at_seq(seq)
+        return epoch.domain(chain_id), epoch.keys
+
     def record(self, epoch: Epoch) -> None:
         """Make `epoch` the current one, durably (synced) before it is used."""
         current = self.current

@@ -107,10 +107,7 @@ def verify_chain(
     domain of its sequence's epoch (validator-set changes); else against `validators`.
     """
     def certifiers(seq: int) -> tuple[str, Sequence[bytes]]:
-        if epochs is None:
-            return chain_id, validators
-        epoch = epochs.at_seq(seq)
-        return epoch.domain(chain_id), epoch.keys
+        return (chain_id, validators) if epochs is None else epochs.certifiers(chain_id, seq)
 
     stored_genesis = store.genesis_hash()
     if stored_genesis is None:
