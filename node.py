@@ -72,7 +72,7 @@ from ledger.quorum import fault_tolerance
 from ledger.record_log import RecordLog, RecordWrite
 from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
-from ledger.store import BlockStore, StoreError
+from ledger.store import BlockStore, StoreError, StoreMemoryLimits
 from ledger.tx import Tx, TxError
 from ledger.tx_verifier import TxVerifier
 from ledger.verify import VerifyReport, verify_chain, verify_epochs
@@ -100,6 +100,8 @@ CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
 DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
+# ...and by size: 40 full proposals decoded would hold a few hundred MB.
+DECODED_BYTES_MAX = FETCH_BYTES_MAX + 2 * PROPOSAL_BYTES_MAX
 
 
 class NodeError(Exception):
@@ -114,6 +116,9 @@ class NodeConfig:
     mempool_txs_max: int = 100_000
     rpc_body_bytes_max: int = 1024 * 1024
     tx_wait_timeout_s: float = 30.0
+    # LevelDB's memory (ledger.store.StoreMemoryLimits): block cache and open tables.
+    store_cache_mb: int = 8
+    store_open_files_max: int = 256
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -171,7 +176,10 @@ class Node:
         self.names: dict[bytes, str] = {}
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         try:
-            self.store = BlockStore.open(self.home / "data" / "ledger.db")
+            self.store = BlockStore.open(
+                self.home / "data" / "ledger.db",
+                StoreMemoryLimits(block_cache_mb=self.config.store_cache_mb,
+                                  open_files_max=self.config.store_open_files_max))
         except StoreError as exc:
             raise NodeError(str(exc)) from exc
         self.state = WorldState(self.store.db)
@@ -211,7 +219,8 @@ class Node:
         self.waiters = TxWaiters()
         self.evidence: list[dict[str, Any]] = []
         self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
-        self._decoded: OrderedDict[bytes, Block] = OrderedDict()
+        self._decoded: OrderedDict[bytes, tuple[Block, int]] = OrderedDict()  # (block, bytes)
+        self._decoded_bytes = 0  # payload bytes of the blocks in _decoded
         self._deferred: dict[int, ValidateProposal] = {}
         self._withdrawn: set[bytes] = set()
         self._peer_seq: dict[bytes, int] = {}
@@ -356,15 +365,19 @@ class Node:
     # -- payload helpers given to the replica ---------------------------------------------
     def _block_of(self, payload: bytes) -> Block | None:
         key = sha256(payload)
-        block = self._decoded.get(key)
-        if block is None:
-            try:
-                block = Block.decode(payload)
-            except BlockError:
-                return None
-            self._decoded[key] = block
-            while len(self._decoded) > DECODED_BLOCKS_MAX:
-                self._decoded.popitem(last=False)
+        known = self._decoded.get(key)
+        if known is not None:
+            return known[0]
+        try:
+            block = Block.decode(payload)
+        except BlockError:
+            return None
+        self._decoded[key] = (block, len(payload))
+        self._decoded_bytes += len(payload)
+        while len(self._decoded) > 1 and (len(self._decoded) > DECODED_BLOCKS_MAX
+                                          or self._decoded_bytes > DECODED_BYTES_MAX):
+            _, (_, dropped_bytes) = self._decoded.popitem(last=False)
+            self._decoded_bytes -= dropped_bytes
         return block
 
     def _digest_of(self, payload: bytes) -> bytes | None:

@@ -101,6 +101,32 @@ def _check_ops(ops: Iterable[StateOp], *, state: bool) -> list[StateOp]:
     return checked
 
 
+@dataclass(frozen=True, slots=True)
+class StoreMemoryLimits:
+    """What LevelDB may hold in memory, stated rather than left to its defaults.
+
+    A node's LevelDB memory is at most about
+        block_cache_mb + 2 x write_buffer_mb (the memtable and the one being flushed)
+        + open_files_max x ~20 KB (each open table's index block)
+    and does not grow with the chain. Open tables are also memory-mapped, so pages of them
+    that were read show in the process's RSS as file-backed pages; those are the kernel's
+    page cache, dropped under memory pressure, and bounded by open_files_max x 2 MB.
+    """
+
+    block_cache_mb: int = 8
+    write_buffer_mb: int = 4
+    open_files_max: int = 256
+
+    def __post_init__(self) -> None:
+        values = (self.block_cache_mb, self.write_buffer_mb, self.open_files_max)
+        if not (all(type(value) is int for value in values)
+                and 1 <= self.block_cache_mb <= 4096 and 1 <= self.write_buffer_mb <= 512
+                and 32 <= self.open_files_max <= 65_536):
+            raise StoreError("store memory limits out of range: block cache 1..4096 MB, "
+                             "write buffer 1..512 MB, open files 32..65536",
+                             code="store_limits")
+
+
 class BlockStore:
     """The node's block history; see the module docstring for the key layout."""
 
@@ -109,11 +135,15 @@ class BlockStore:
         self._tip: tuple[int, bytes, int] | None = self._read_tip()
 
     @classmethod
-    def open(cls, path: Path) -> BlockStore:
+    def open(cls, path: Path, limits: StoreMemoryLimits | None = None) -> BlockStore:
         path = Path(path)
+        limits = limits or StoreMemoryLimits()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = plyvel.DB(str(path), create_if_missing=True)
+            db = plyvel.DB(str(path), create_if_missing=True,
+                           lru_cache_size=limits.block_cache_mb * 2**20,
+                           write_buffer_size=limits.write_buffer_mb * 2**20,
+                           max_open_files=limits.open_files_max)
         except (plyvel.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}", code="store_open") from exc
         return cls(db)

@@ -24,6 +24,7 @@ from ledger.store import (
     TX_LOCATION_PREFIX,
     BlockStore,
     StoreError,
+    StoreMemoryLimits,
 )
 from ledger.verify import verify_chain
 from tests.ledger.chainmaker import (
@@ -279,6 +280,29 @@ def test_a_second_open_of_the_same_database_is_a_typed_error(
     with pytest.raises(StoreError) as info:
         BlockStore.open(tmp_path / "ledger.db")
     assert info.value.code == "store_open"
+
+
+@pytest.mark.parametrize("limits", [
+    {"block_cache_mb": 0}, {"write_buffer_mb": 1024}, {"open_files_max": 8},
+    {"block_cache_mb": "8"}, {"open_files_max": 64.0}, {"block_cache_mb": True},
+])
+def test_store_memory_limits_out_of_range_are_a_typed_error(limits: dict[str, object]) -> None:
+    with pytest.raises(StoreError) as info:
+        StoreMemoryLimits(**limits)  # type: ignore[arg-type]
+    assert info.value.code == "store_limits"
+
+
+def test_a_store_opened_with_small_limits_keeps_every_block(tmp_path: Path) -> None:
+    path = tmp_path / "small.db"
+    small = StoreMemoryLimits(block_cache_mb=1, write_buffer_mb=1, open_files_max=32)
+    with open_test_store(path) as store:
+        for _ in range(3):
+            append_next(store, 4)
+        tip = store.tip()
+    with BlockStore.open(path, small) as reopened:
+        assert reopened.tip() == tip
+        append_next(reopened, 2)
+        assert reopened.tip()[0] == tip[0] + 1
 
 
 # -- verify_chain ---------------------------------------------------------------------
