@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -58,6 +59,7 @@ BATCH_CALLS_MAX = 100  # rpc.jsonrpc.BATCH_CALLS_MAX
 TICK_S = 0.010
 SAMPLE_S = 0.25
 RSS_SAMPLE_S = 5.0
+GROWTH_MINUTE_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -105,7 +107,8 @@ class Drive:
     batches: list[Batch] = field(default_factory=list)
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (time, node CPU s)
     main_cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # loop threads
-    rss_samples: list[tuple[float, list[float]]] = field(default_factory=list)  # every ~5 s
+    # Every ~5 s: (time, per node (RSS, private RSS)).
+    rss_samples: list[tuple[float, list[tuple[float, float]]]] = field(default_factory=list)
     backlog_skips: int = 0
 
 
@@ -162,7 +165,7 @@ async def _sample_cpu(network: Network, drive: Drive, stop: asyncio.Event) -> No
         drive.main_cpu_samples.append((now, network.node_main_thread_cpu_s()))
         last_rss_s = drive.rss_samples[-1][0] if drive.rss_samples else 0.0
         if stop.is_set() or now - last_rss_s >= RSS_SAMPLE_S:
-            drive.rss_samples.append((now, network.node_rss_mb()))
+            drive.rss_samples.append((now, network.node_memory_mb()))
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -319,9 +322,22 @@ def _cpu_at(samples: list[tuple[float, float]], at_s: float) -> float:
     return before[1] + fraction * (after[1] - before[1])
 
 
-def _rss_growth(samples: list[tuple[float, list[float]]], after_s: float) -> float | None:
-    steady = [max(sizes) for t, sizes in samples if t >= after_s]
-    return round(steady[-1] - steady[0], 1) if len(steady) >= 2 else None
+def _memory_growth(samples: list[tuple[float, list[tuple[float, float]]]], after_s: float,
+                   private: bool) -> float | None:
+    """The largest per-node growth from the first to the last minute after warm-up, each
+    minute taken as its median: single samples swing by 10-20 MB as LevelDB compacts and
+    as garbage is collected, which would make a first-vs-last sample difference noise."""
+    steady = [(t, sizes) for t, sizes in samples if t >= after_s]
+    if len(steady) < 2 or steady[-1][0] - steady[0][0] < 2 * GROWTH_MINUTE_S:
+        return None
+    first_end, last_start = steady[0][0] + GROWTH_MINUTE_S, steady[-1][0] - GROWTH_MINUTE_S
+    growths = []
+    column = 1 if private else 0
+    for node in range(len(steady[0][1])):
+        first = statistics.median(sizes[node][column] for t, sizes in steady if t <= first_end)
+        last = statistics.median(sizes[node][column] for t, sizes in steady if t >= last_start)
+        growths.append(last - first)
+    return round(max(growths), 1)
 
 
 def summarize(drive: Drive, blocks: list[tuple[int, int]], setup_height: int,
@@ -371,11 +387,13 @@ def summarize(drive: Drive, blocks: list[tuple[int, int]], setup_height: int,
         "backlog_skipped": drive.backlog_skips,
         "errors": dict(errors),
         "timeline_blocks_txs_per_s": [timeline[k] for k in sorted(timeline)],
-        # Memory over the run: [seconds since start, max RSS over nodes]; growth is the
-        # change of the largest node between the end of warm-up and the end.
-        "rss_mb_timeline": [[round(t - drive.started_s, 1), round(max(sizes), 1)]
+        # Memory over the run: [seconds since start, max RSS over nodes, max private RSS];
+        # growth: see _memory_growth (None for runs shorter than two minutes).
+        "rss_mb_timeline": [[round(t - drive.started_s, 1), round(max(r for r, _ in sizes), 1),
+                             round(max(p for _, p in sizes), 1)]
                             for t, sizes in drive.rss_samples],
-        "rss_growth_mb": _rss_growth(drive.rss_samples, window_start),
+        "rss_growth_mb": _memory_growth(drive.rss_samples, window_start, private=False),
+        "private_rss_growth_mb": _memory_growth(drive.rss_samples, window_start, private=True),
     }
 
 
@@ -467,6 +485,7 @@ def report(result: dict[str, Any]) -> None:
         ("CPU us/tx per validator", fmt(result["cpu_us_per_tx_per_node"])),
         ("peak RSS MB (max node)", fmt(result["peak_rss_mb"], 1)),
         ("RSS growth after warm-up MB", fmt(result["rss_growth_mb"], 1)),
+        ("private RSS growth (no file pages) MB", fmt(result["private_rss_growth_mb"], 1)),
         ("ceiling tx/s (limit, this run)", fmt(result["ceiling_tps"])),
         ("fraction of ceiling", fmt(result["ceiling_fraction"], 2)),
         ("same head on every node", fmt(result["same_head"]) + (

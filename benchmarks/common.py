@@ -249,14 +249,18 @@ class Network:
                 pass
         return total
 
-    def node_rss_mb(self) -> list[float]:
-        """Current resident set size per node."""
+    def node_memory_mb(self) -> list[tuple[float, float]]:
+        """(RSS, private RSS) per node. Private is RSS less file-backed and shared pages:
+        LevelDB maps its table files, and pages of those read stay resident as clean
+        page cache the kernel can drop, so RSS grows with the database while the node's
+        own (anonymous) memory need not."""
         sizes = []
         for proc in self.nodes:
             try:
-                sizes.append(proc.memory_info().rss / 2**20)
+                info = proc.memory_info()
+                sizes.append((info.rss / 2**20, (info.rss - getattr(info, "shared", 0)) / 2**20))
             except psutil.Error:
-                sizes.append(float("nan"))
+                sizes.append((float("nan"), float("nan")))
         return sizes
 
     def node_peak_rss_mb(self) -> list[float]:
