@@ -64,6 +64,17 @@ class BlockError(CodecError):
     code = "block_malformed"
 
 
+def _decode_fields(what: str, data: bytes, max_bytes: int) -> dict[str, Any]:
+    """The map of a header, block or certificate; any undecodable input is a BlockError,
+    so callers that refuse bad blocks need to catch only that."""
+    try:
+        return decode_map(data, max_bytes=max_bytes)
+    except BlockError:
+        raise
+    except CodecError as exc:
+        raise BlockError(f"{what} is not canonical msgpack: {exc.reason}") from exc
+
+
 def _check_uint(name: str, value: object, minimum: int = 0) -> None:
     # `type(...) is int` rather than isinstance: bool is an int subclass.
     if type(value) is not int or not minimum <= value <= UINT63_MAX:
@@ -146,7 +157,7 @@ class Header:
 
     @classmethod
     def decode(cls, data: bytes) -> Header:
-        return cls.from_map(decode_map(data, max_bytes=HEADER_BYTES_MAX))
+        return cls.from_map(_decode_fields("header", data, HEADER_BYTES_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +219,7 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes) -> Block:
-        fields = decode_map(data, max_bytes=BLOCK_BYTES_MAX)
+        fields = _decode_fields("block", data, BLOCK_BYTES_MAX)
         _check_fields("block", fields, BLOCK_FIELDS)
         header, txs = fields["header"], fields["txs"]
         if not isinstance(header, dict):
@@ -295,7 +306,7 @@ class CommitCertificate:
 
     @classmethod
     def decode(cls, data: bytes) -> CommitCertificate:
-        fields = decode_map(data, max_bytes=CERT_BYTES_MAX)
+        fields = _decode_fields("certificate", data, CERT_BYTES_MAX)
         _check_fields("certificate", fields, CERT_FIELDS)
         signatures = fields["signatures"]
         if not isinstance(signatures, list):

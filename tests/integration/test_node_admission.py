@@ -51,3 +51,23 @@ def test_a_batch_is_admitted_in_order_with_one_replica_step_and_refusals_are_for
     # The refused tx was verified, but is not kept: nothing will ever propose it.
     assert node.verifier.known(sha256(too_far_ahead)) is None
     assert all(node.verifier.known(sha256(raw)) is not None for raw in good)
+
+
+def test_decoded_blocks_are_bounded_by_bytes_as_well_as_by_count(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    import node as node_module
+    from tests.ledger.chainmaker import make_txs, next_block
+
+    payloads = [next_block(height, bytes(32), make_txs(height, 20))[0].encode()
+                for height in range(1, 13)]
+    budget = 4 * len(payloads[0])
+    monkeypatch.setattr(node_module, "DECODED_BYTES_MAX", budget)
+    for payload in payloads:
+        block = node._block_of(payload)
+        assert block is not None and block.encode() == payload
+        assert node._decoded_bytes <= budget
+    # The newest blocks are the ones kept, and what is kept is accounted exactly.
+    assert len(node._decoded) < len(payloads)
+    assert node._decoded_bytes == sum(size for _, size in node._decoded.values())
+    assert node._block_of(payloads[-1]) is next(reversed(node._decoded.values()))[0]
+    assert node._block_of(b"not a block") is None
