@@ -133,9 +133,41 @@ class NodeConfig:
         if unknown:
             raise NodeError(f"{path}: unknown settings {unknown}")
         try:
-            return cls(**data)
+            config = cls(**data)
         except TypeError as exc:
             raise NodeError(f"{path}: {exc}") from exc
+        problem = config.problem()
+        if problem is not None:
+            raise NodeError(f"{path}: {problem}")
+        return config
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings (a JSON file can hold any type), or None."""
+        for name in ("node_name", "p2p_listen", "rpc_listen"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                return f"{name} must be a non-empty string"
+        for name in ("p2p_listen", "rpc_listen"):
+            _, colon, port = getattr(self, name).rpartition(":")
+            if not colon or not port.isdigit() or not 0 <= int(port) <= 65_535:
+                return f"{name} must be host:port, got {getattr(self, name)!r}"
+        for name, low, high in _NUMERIC_SETTINGS:
+            value = getattr(self, name)
+            allowed = (int, float) if name.endswith("_s") else (int,)
+            if type(value) not in allowed or not low <= value <= high:
+                kind = "a number" if name.endswith("_s") else "an integer"
+                return f"{name} must be {kind} in {low}..{high}, got {value!r}"
+        return None
+
+
+# (setting, lowest, highest) for NodeConfig's numeric settings.
+_NUMERIC_SETTINGS: tuple[tuple[str, float, float], ...] = (
+    ("mempool_txs_max", 1, 10_000_000),
+    ("rpc_body_bytes_max", 1024, 64 * 1024 * 1024),
+    ("tx_wait_timeout_s", 0.1, 3600),
+    ("store_cache_mb", 1, 4096),
+    ("store_open_files_max", 32, 65_536),
+)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -55,8 +55,9 @@ STORE_PREFIXES = (b"chain/", HEADER_PREFIX, TX_PREFIX, RECEIPT_PREFIX, CERT_PREF
 RANGE_BLOCKS_MAX = 256
 # Most point reads miss: a new tx's txloc/ entry, a new account's state. Without a filter a
 # miss reads an index block of every level's candidate table, and there are more levels as
-# the chain grows; 10 bits per key makes ~99% of misses free (~1.2 bytes per key of memory
-# per open table). Tables written before the filter was enabled are still read correctly.
+# the chain grows; 10 bits per key lets ~99% of misses skip the table (the filter block
+# costs ~1.25 bytes per key of an open table). Tables written before filters were enabled
+# are still read correctly.
 BLOOM_FILTER_BITS = 10
 
 _H8 = struct.Struct(">Q")
@@ -115,7 +116,8 @@ class StoreMemoryLimits:
         + open_files_max x ~40 KB (each open table's index and bloom filter blocks)
     and does not grow with the chain. Open tables are also memory-mapped, so pages of them
     that were read show in the process's RSS as file-backed pages; those are the kernel's
-    page cache, dropped under memory pressure, and bounded by open_files_max x 2 MB.
+    page cache, dropped under memory pressure, and bounded by open_files_max x the table
+    size (2-4 MB).
     """
 
     block_cache_mb: int = 8

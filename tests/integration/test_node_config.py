@@ -19,16 +19,26 @@ def _home_with(tmp_path: Path, **settings: object) -> Path:
     return home
 
 
-@pytest.mark.parametrize("settings", [
-    {"store_cache_mb": 0}, {"store_cache_mb": "64"}, {"store_open_files_max": 4},
-    {"store_cache_size": 8},
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"store_cache_mb": 0}, "store_cache_mb must be an integer in 1..4096"),
+    ({"store_cache_mb": "64"}, "store_cache_mb must be an integer"),
+    ({"store_open_files_max": 4}, "store_open_files_max must be an integer in 32..65536"),
+    ({"store_cache_size": 8}, "unknown settings ['store_cache_size']"),
+    ({"mempool_txs_max": True}, "mempool_txs_max must be an integer"),
+    ({"mempool_txs_max": "100000"}, "mempool_txs_max must be an integer"),
+    ({"tx_wait_timeout_s": -1}, "tx_wait_timeout_s must be a number"),
+    ({"rpc_body_bytes_max": 1.5e6}, "rpc_body_bytes_max must be an integer"),
+    ({"rpc_listen": "localhost"}, "rpc_listen must be host:port"),
+    ({"p2p_listen": "127.0.0.1:99999"}, "p2p_listen must be host:port"),
+    ({"node_name": ""}, "node_name must be a non-empty string"),
+    ({"node_name": 7}, "node_name must be a non-empty string"),
 ])
-def test_bad_store_settings_stop_the_node_with_a_clear_error(
-        tmp_path: Path, settings: dict[str, object]) -> None:
+def test_bad_settings_stop_the_node_with_a_clear_error(
+        tmp_path: Path, settings: dict[str, object], says: str) -> None:
     home = _home_with(tmp_path, **settings)
     with pytest.raises(NodeError) as info:
         Node(home)
-    assert ("store memory limits" in str(info.value)) or ("unknown settings" in str(info.value))
+    assert says in str(info.value)
     assert not (home / "data" / "ledger.db").exists()  # nothing was created
 
 
