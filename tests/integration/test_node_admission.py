@@ -71,3 +71,15 @@ def test_decoded_blocks_are_bounded_by_bytes_as_well_as_by_count(
     assert node._decoded_bytes == sum(size for _, size in node._decoded.values())
     assert node._block_of(payloads[-1]) is next(reversed(node._decoded.values()))[0]
     assert node._block_of(b"not a block") is None
+
+
+@pytest.mark.parametrize("payload", [
+    b"not a block", b"\xc1", b"\x93\x01\x02\x03", b"\x80",
+    b"\x82\xa6header\x80\xa3txs\x90" + b"\x00",
+])
+def test_a_peer_proposal_that_is_not_a_block_is_refused_not_raised(
+        node: Node, payload: bytes) -> None:
+    # The replica asks these for every received proposal; an exception here would escape
+    # in the middle of a replica step (it once did, for payloads that were not msgpack).
+    assert node._digest_of(payload) is None
+    assert node._requests_in(payload) is None
