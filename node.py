@@ -72,7 +72,7 @@ from ledger.quorum import fault_tolerance
 from ledger.record_log import RecordLog, RecordWrite
 from ledger.sequences import CommittedSequences
 from ledger.state import WorldState
-from ledger.store import BlockStore, StoreError, StoreMemoryLimits
+from ledger.store import STORE_LIMIT_RANGES, BlockStore, StoreError, StoreMemoryLimits
 from ledger.tx import Tx, TxError
 from ledger.tx_verifier import TxVerifier
 from ledger.verify import VerifyReport, verify_chain, verify_epochs
@@ -165,8 +165,8 @@ _NUMERIC_SETTINGS: tuple[tuple[str, float, float], ...] = (
     ("mempool_txs_max", 1, 10_000_000),
     ("rpc_body_bytes_max", 1024, 64 * 1024 * 1024),
     ("tx_wait_timeout_s", 0.1, 3600),
-    ("store_cache_mb", 1, 4096),
-    ("store_open_files_max", 32, 65_536),
+    ("store_cache_mb", *STORE_LIMIT_RANGES["block_cache_mb"]),
+    ("store_open_files_max", *STORE_LIMIT_RANGES["open_files_max"]),
 )
 
 

@@ -125,13 +125,20 @@ class StoreMemoryLimits:
     open_files_max: int = 256
 
     def __post_init__(self) -> None:
-        values = (self.block_cache_mb, self.write_buffer_mb, self.open_files_max)
-        if not (all(type(value) is int for value in values)
-                and 1 <= self.block_cache_mb <= 4096 and 1 <= self.write_buffer_mb <= 512
-                and 32 <= self.open_files_max <= 65_536):
-            raise StoreError("store memory limits out of range: block cache 1..4096 MB, "
-                             "write buffer 1..512 MB, open files 32..65536",
-                             code="store_limits")
+        for name, (low, high) in STORE_LIMIT_RANGES.items():
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise StoreError(f"store memory limits out of range: {name} must be an "
+                                 f"integer in {low}..{high}, got {value!r}",
+                                 code="store_limits")
+
+
+# The allowed range of each StoreMemoryLimits field (node config checks against it too).
+STORE_LIMIT_RANGES: dict[str, tuple[int, int]] = {
+    "block_cache_mb": (1, 4096),
+    "write_buffer_mb": (1, 512),
+    "open_files_max": (32, 65_536),
+}
 
 
 class BlockStore:
