@@ -100,7 +100,7 @@ CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
 DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
-# ...and by size: 40 full proposals decoded would hold a few hundred MB.
+# ...and by size: 40 full proposals are 60 MB of payload, several times that decoded.
 DECODED_BYTES_MAX = FETCH_BYTES_MAX + 2 * PROPOSAL_BYTES_MAX
 
 
@@ -153,9 +153,10 @@ class NodeConfig:
                 return f"{name} must be host:port, got {getattr(self, name)!r}"
         for name, low, high in _NUMERIC_SETTINGS:
             value = getattr(self, name)
-            allowed = (int, float) if name.endswith("_s") else (int,)
-            if type(value) not in allowed or not low <= value <= high:
-                kind = "a number" if name.endswith("_s") else "an integer"
+            seconds = name.endswith("_s")  # durations may be fractional, counts may not
+            if type(value) not in ((int, float) if seconds else (int,)) \
+                    or not low <= value <= high:
+                kind = "a number" if seconds else "an integer"
                 return f"{name} must be {kind} in {low}..{high}, got {value!r}"
         return None
 

@@ -64,14 +64,25 @@ def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
 
 
 @pytest.fixture
-def local_node(tmp_path: Path) -> Iterator[Node]:
-    """A real Node of a fresh 4-node network, in this process and not running: a test
-    drives its methods directly (no sockets); its threads and store are closed after."""
-    made = Node(init_network(tmp_path / "net", 4).homes[0])
-    try:
-        yield made
-    finally:
-        made.verifier.close()
-        made._record_writer.shutdown(wait=True)
-        made.store.close()
+def open_node() -> Iterator[Callable[[Path], Node]]:
+    """Makes real Nodes from home dirs, in this process and not running: a test drives
+    their methods directly (no sockets); their threads and stores are closed after."""
+    made: list[Node] = []
 
+    def make(home: Path) -> Node:
+        made.append(Node(home))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.verifier.close()
+            node._record_writer.shutdown(wait=True)
+            node.store.close()
+
+
+@pytest.fixture
+def local_node(tmp_path: Path, open_node: Callable[[Path], Node]) -> Node:
+    """A real Node (see open_node) of a fresh 4-node network."""
+    return open_node(init_network(tmp_path / "net", 4).homes[0])

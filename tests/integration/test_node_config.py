@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ledger.network_setup import init_network
+from ledger.store import BlockStore, StoreMemoryLimits
 from node import Node, NodeError
 
 
@@ -42,13 +44,18 @@ def test_bad_settings_stop_the_node_with_a_clear_error(
     assert not (home / "data" / "ledger.db").exists()  # nothing was created
 
 
-def test_store_settings_reach_the_store(tmp_path: Path) -> None:
+def test_store_settings_reach_the_store(
+        tmp_path: Path, open_node: Callable[[Path], Node],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     home = _home_with(tmp_path, store_cache_mb=16, store_open_files_max=64)
-    node = Node(home)
-    try:
-        assert node.config.store_cache_mb == 16
-        assert node.store.tip()[0] == 0  # opened and initialised with genesis
-    finally:
-        node.verifier.close()
-        node._record_writer.shutdown(wait=True)
-        node.store.close()
+    opened: list[StoreMemoryLimits | None] = []
+    real_open = BlockStore.open
+
+    def recording_open(path: Path, limits: StoreMemoryLimits | None = None) -> BlockStore:
+        opened.append(limits)
+        return real_open(path, limits)
+
+    monkeypatch.setattr(BlockStore, "open", recording_open)
+    node = open_node(home)
+    assert opened == [StoreMemoryLimits(block_cache_mb=16, open_files_max=64)]
+    assert node.store.tip()[0] == 0  # opened with those limits and initialised with genesis
