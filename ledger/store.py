@@ -59,6 +59,12 @@ RANGE_BLOCKS_MAX = 256
 # costs ~1.25 bytes per key of an open table). Tables written before filters were enabled
 # are still read correctly.
 BLOOM_FILTER_BITS = 10
+# No block compression. What we store is mostly signatures, hashes and keys derived from
+# hashes, which snappy cannot shrink, yet every compaction paid to decompress its inputs
+# and try to compress its outputs: with snappy, LevelDB's background thread used ~0.12
+# cores per node at 700-860 committed tx/s; without, ~0.08 at 950-1,250 (PERF_FINDINGS S4).
+# Tables written with snappy are still read (each block records its own compression).
+COMPRESSION = None
 
 _H8 = struct.Struct(">Q")
 _LOCATION = struct.Struct(">QI")
@@ -158,7 +164,8 @@ class BlockStore:
                            lru_cache_size=limits.block_cache_mb * 2**20,
                            write_buffer_size=limits.write_buffer_mb * 2**20,
                            max_open_files=limits.open_files_max,
-                           bloom_filter_bits=BLOOM_FILTER_BITS)
+                           bloom_filter_bits=BLOOM_FILTER_BITS,
+                           compression=COMPRESSION)
         except (plyvel.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}", code="store_open") from exc
         return cls(db)

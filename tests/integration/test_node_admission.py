@@ -51,6 +51,9 @@ def test_a_batch_is_admitted_in_order_with_one_replica_step_and_refusals_are_for
     # The refused tx was verified, but is not kept: nothing will ever propose it.
     assert node.verifier.known(sha256(too_far_ahead)) is None
     assert all(node.verifier.known(sha256(raw)) is not None for raw in good)
+    # node_status counts what went to the verify pool (the garbage included), not cache
+    # answers: the resubmitted tx adds nothing.
+    assert node.status()["signatures_checked"] == 5
 
 
 def test_decoded_blocks_are_bounded_by_bytes_as_well_as_by_count(

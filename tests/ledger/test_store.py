@@ -7,6 +7,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import plyvel
 import pytest
 
 from ledger.block import (
@@ -303,6 +304,29 @@ def test_a_store_opened_with_small_limits_keeps_every_block(tmp_path: Path) -> N
         assert reopened.tip() == tip
         append_next(reopened, 2)
         assert reopened.tip()[0] == tip[0] + 1
+
+
+def test_tables_are_written_uncompressed_and_snappy_tables_still_read(tmp_path: Path) -> None:
+    # Compaction CPU, not disk, limits a validator (COMPRESSION's comment): a table of
+    # very compressible values must take their full size on disk.
+    path = tmp_path / "plain.db"
+    values = {f"k{i:05d}".encode(): bytes(1000) for i in range(3000)}
+    with BlockStore.open(path) as store:
+        for key, value in values.items():
+            store.db.put(key, value)
+        store.db.compact_range()
+    tables = sum(f.stat().st_size for f in path.glob("*.ldb"))
+    assert tables >= 3000 * 1000
+    # A database written with snappy (by an older node) opens and reads back the same.
+    old = tmp_path / "snappy.db"
+    db = plyvel.DB(str(old), create_if_missing=True, compression="snappy")
+    for key, value in values.items():
+        db.put(key, value)
+    db.compact_range()
+    db.close()
+    assert sum(f.stat().st_size for f in old.glob("*.ldb")) < 3000 * 1000 // 10
+    with BlockStore.open(old) as store:
+        assert all(store.db.get(key) == value for key, value in values.items())
 
 
 # -- verify_chain ---------------------------------------------------------------------
