@@ -206,10 +206,18 @@ async def drive_load(network: Network, workload: Workload, opts: Options,
         cursors[lane] += len(raws)
         return raws
 
+    in_flight_txs = 0  # txs sent and not yet answered (kept as a count: summing the
+    # batches on every send made the load generator's own CPU grow with the run)
+
     async def send(lane: int, raws: list[bytes]) -> None:
+        nonlocal in_flight_txs
         batch = Batch(lane, len(raws), time.time())
         drive.batches.append(batch)
-        await _post_batch(sessions[lane], urls[lane], raws, batch)
+        in_flight_txs += len(raws)
+        try:
+            await _post_batch(sessions[lane], urls[lane], raws, batch)
+        finally:
+            in_flight_txs -= len(raws)
 
     try:
         if opts.rate is None:
@@ -235,16 +243,17 @@ async def drive_load(network: Network, workload: Workload, opts: Options,
                 while due > 0:
                     size = min(due, batch_size)
                     raws = take(lane, size)
-                    lane = (lane + 1) % len(urls)
                     if not raws:
+                        lane = (lane + 1) % len(urls)
                         due -= size
                         continue
-                    if sum(b.size for b in drive.batches if not b.done_s) > in_flight_txs_max:
+                    if in_flight_txs > in_flight_txs_max:
                         drive.backlog_skips += len(raws)  # the cluster fell far behind
                     else:
                         task = asyncio.create_task(send(lane, raws))
                         in_flight.add(task)
                         task.add_done_callback(in_flight.discard)
+                    lane = (lane + 1) % len(urls)
                     offered += size
                     due -= size
                 await asyncio.sleep(TICK_S)
