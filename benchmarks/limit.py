@@ -13,6 +13,13 @@ Consensus messages are per block, not per transaction, so they are left out: the
 is an upper bound. Every validator does this work for every transaction, so with
 `cores` cores shared by N validators the cluster cannot commit more than
     ceiling_tps = cores / (N x per-tx CPU seconds).
+
+With `--catch-up B`, it also measures what a fresh node pays to sync the same transactions
+as a history of B-tx certified blocks: one chain builds and certifies the history, a second
+replays it as the node does (`Chain.commit_certified_run` over runs of 16 blocks, the
+signatures checked first, as the verify pool does), and the per-tx cost of each part gives
+the sync ceiling on this machine: the loop thread's commit work bounds it on one core, and
+both parts together on `cores`.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from benchmarks.common import (
     print_table,
     write_json,
 )
-from ledger.block import CommitCertificate, commit_vote_bytes
+from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.chain import Chain
 from ledger.crypto import KeyPair
 from ledger.executor import Executor
@@ -85,16 +92,7 @@ class LimitChain:
     def run_block(self, raws: Sequence[bytes]) -> dict[str, float]:
         """Push one block of wire transactions through every stage; CPU seconds per stage."""
         seconds: dict[str, float] = {}
-        checked: list[Tx] = []
-
-        def decode_all() -> None:
-            for raw in raws:
-                tx = decode_and_verify(raw, self.genesis.chain_id)
-                if isinstance(tx, TxError):
-                    raise SystemExit(f"benchmark transaction refused: {tx}")
-                checked.append(tx)
-
-        seconds["decode_verify"], _ = _cpu_timed(decode_all)
+        seconds["decode_verify"], checked = _cpu_timed(lambda: self.checked(raws))
         reader = self.state.reader()
 
         def admit_all() -> None:
@@ -113,6 +111,32 @@ class LimitChain:
         cert = self.certificate(speculation.block.header.height, speculation.block.hash)
         seconds["store"], _ = _cpu_timed(lambda: self.chain.commit(speculation, cert))
         return seconds
+
+    def checked(self, raws: Sequence[bytes]) -> list[Tx]:
+        """Decode and verify wire txs (a block's, as the verify pool does for catch-up)."""
+        txs = []
+        for raw in raws:
+            tx = decode_and_verify(raw, self.genesis.chain_id)
+            if isinstance(tx, TxError):
+                raise SystemExit(f"benchmark transaction refused: {tx}")
+            txs.append(tx)
+        return txs
+
+    def certified_block(self, raws: Sequence[bytes]) -> tuple[Block, CommitCertificate]:
+        """Build, certify and commit the next block of `raws`; the block and certificate."""
+        self.clock_ms += 1000
+        speculation = self.chain.build(0, self.validators[0], self.checked(raws), self.clock_ms)
+        cert = self.certificate(speculation.block.header.height, speculation.block.hash)
+        self.chain.commit(speculation, cert)
+        return speculation.block, cert
+
+    def replay(self, history: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]]) -> None:
+        """Commit certified blocks as a catching-up node does, in runs with one fsync each."""
+        for start in range(0, len(history), CATCH_UP_RUN_BLOCKS):
+            _, rejected = self.chain.commit_certified_run(
+                history[start:start + CATCH_UP_RUN_BLOCKS])
+            if rejected is not None:
+                raise SystemExit(f"catch-up replay refused a block: {rejected.reason}")
 
     def close(self) -> None:
         self.store.close()
@@ -159,6 +183,41 @@ def measure(network_dir: Path, workload: Workload, txs: int, block_txs: int
             "single_core_tps": 1e6 / total_us}
 
 
+CATCH_UP_RUN_BLOCKS = 16  # the node cuts catch-up runs at checkpoint boundaries (16 seqs)
+
+
+def catch_up(network_dir: Path, workload: Workload, txs: int, block_txs: int,
+             cores: int) -> dict[str, Any]:
+    """CPU per tx for a fresh node replaying `txs` of the workload in `block_txs` blocks."""
+    keys = [KeyPair.load(home / "node_key.json")
+            for home in sorted(network_dir.glob("node*")) if (home / "node_key.json").exists()]
+    sample = sample_of(workload, txs)
+    with tempfile.TemporaryDirectory(prefix="limit-catch-up-") as tmp:
+        source = LimitChain(network_dir / "genesis.json", keys, Path(tmp) / "source.db")
+        late = LimitChain(network_dir / "genesis.json", keys, Path(tmp) / "late.db")
+        try:
+            setup = [certified for phase in workload.setup
+                     for start in range(0, len(phase), 1000)
+                     for certified in [source.certified_block(phase[start:start + 1000])]]
+            history = [source.certified_block(sample[start:start + block_txs])
+                       for start in range(0, len(sample), block_txs)]
+            late.replay([(block, cert, late.checked(block.txs)) for block, cert in setup])
+            verify_s, checked = _cpu_timed(
+                lambda: [(block, cert, late.checked(block.txs)) for block, cert in history])
+            commit_s, _ = _cpu_timed(lambda: late.replay(checked))
+            if late.store.tip() != source.store.tip():
+                raise SystemExit("catch-up replay did not reach the source chain's head")
+        finally:
+            source.close()
+            late.close()
+    verify_us, commit_us = verify_s / len(sample) * 1e6, commit_s / len(sample) * 1e6
+    return {"txs": len(sample), "block_txs": block_txs, "blocks": len(history),
+            "verify_cpu_us_per_tx": verify_us, "commit_cpu_us_per_tx": commit_us,
+            "commit_ms_per_block": commit_s / len(history) * 1e3,
+            # The loop thread commits; the verify pool's threads check signatures beside it.
+            "ceiling_tps": min(1e6 / commit_us, cores * 1e6 / (commit_us + verify_us))}
+
+
 def ceiling_tps(total_cpu_us_per_tx: float, validators: int, cores: int) -> float:
     """cores / (N x per-tx cost): every validator does the per-tx work for every tx."""
     return cores / (validators * total_cpu_us_per_tx / 1e6)
@@ -172,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--senders", type=int, default=1000)
     parser.add_argument("--mix", default="transfer=1", help="op weights, e.g. transfer=8,spend=2")
     parser.add_argument("--payload-bytes", type=int, default=0, help="spend memo length")
+    parser.add_argument("--catch-up", type=int, default=0, metavar="BLOCK_TXS",
+                        help="also measure a fresh node's replay of the txs in blocks of this size")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args(argv)
     info = machine()
@@ -183,15 +244,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   min(args.senders, args.txs), 1, parse_mix(args.mix),
                                   args.payload_bytes)
         result = measure(network.out_dir, workload, args.txs, args.block_txs)
+        synced = (catch_up(network.out_dir, workload, args.txs, args.catch_up, info["cores"])
+                  if args.catch_up else None)
     ceiling = ceiling_tps(result["total_cpu_us_per_tx"], args.validators, info["cores"])
     report = {"benchmark": "limit", "machine": info, "validators": args.validators,
-              "mix": args.mix, **result, "ceiling_tps": ceiling}
+              "mix": args.mix, **result, "ceiling_tps": ceiling, "catch_up": synced}
     rows = [(f"{stage} (CPU us/tx)", fmt(result["per_tx_cpu_us"][stage], 1)) for stage in STAGES]
     rows += [("total (CPU us/tx)", fmt(result["total_cpu_us_per_tx"], 1)),
              ("wall us/tx", fmt(result["wall_us_per_tx"], 1)),
              ("one core, tx/s", fmt(result["single_core_tps"])),
              (f"ceiling, {info['cores']} cores / {args.validators} validators, tx/s",
               fmt(ceiling))]
+    if synced is not None:
+        rows += [(f"catch-up, blocks of {synced['block_txs']}: verify (CPU us/tx)",
+                  fmt(synced["verify_cpu_us_per_tx"], 1)),
+                 ("catch-up: commit runs (CPU us/tx)", fmt(synced["commit_cpu_us_per_tx"], 1)),
+                 ("catch-up: commit per block (ms)", fmt(synced["commit_ms_per_block"], 2)),
+                 ("catch-up ceiling, verified tx/s", fmt(synced["ceiling_tps"]))]
     print_table(f"limit: {result['txs']} txs ({args.mix}), blocks of {args.block_txs}", rows)
     path = write_json(Path(args.out), "limit.json", report)
     print(f"wrote {path}")

@@ -153,6 +153,11 @@ async def _status(url: str) -> dict[str, Any] | None:
         return None
 
 
+# An idle node uses ~0.035 cores (tick loop, tip announcements); above this it is working.
+QUIET_CORES_PER_NODE = 0.06
+QUIET_TIMEOUT_S = 30.0
+
+
 def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
                workdir: Path, out: Path) -> dict[str, Any]:
     import cli  # the spawn function `testnet up` uses, so the late node starts the same way
@@ -175,6 +180,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
                                warmup_s=0.0)
         asyncio.run(cluster.drive_load(network, workload, opts, urls))
         _, heads = asyncio.run(cluster.heads_of(urls))
+        quiet_wait_s = _wait_quiet(network)
         target = int(heads[0]["height"])
         txs_total = sum(count for _, count in asyncio.run(cluster._blocks(urls[0], target)))
         late_url = network.rpc_urls[validators - 1]
@@ -213,7 +219,24 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         "txs_per_s": txs_total / catch_up_s if catch_up_s else None,
         "s_per_10k_blocks": catch_up_s / target * 10_000 if catch_up_s and target else None,
         "same_head_after": same, "heads_after": final_heads, "error": error,
+        "quiet_wait_s": quiet_wait_s,
     }
+
+
+def _wait_quiet(network: Network, per_node_cores: float = QUIET_CORES_PER_NODE,
+                timeout_s: float = QUIET_TIMEOUT_S) -> float:
+    """Wait until the running nodes are idle (LevelDB compactions and the tail of the load
+    done), so the late node's catch-up is measured on the machine's cores rather than
+    against whatever the others still have to finish; the seconds waited."""
+    started = time.monotonic()
+    before = sum(network.node_cpu_s())
+    while time.monotonic() - started < timeout_s:
+        time.sleep(1.0)
+        now = sum(network.node_cpu_s())
+        if now - before < per_node_cores * len(network.nodes):
+            break
+        before = now
+    return time.monotonic() - started
 
 
 # -- entry point ----------------------------------------------------------------------------
