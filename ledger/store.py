@@ -62,7 +62,7 @@ BLOOM_FILTER_BITS = 10
 # No block compression. What we store is mostly signatures, hashes and keys derived from
 # hashes, which snappy cannot shrink, yet every compaction paid to decompress its inputs
 # and try to compress its outputs: with snappy, LevelDB's background thread used ~0.12
-# cores per node at 700-860 committed tx/s; without, ~0.08 at 950-1,250 (PERF_FINDINGS S4).
+# cores per node at 700-860 committed tx/s; without, ~0.04 at 890-1,250 (PERF_FINDINGS S4).
 # Tables written with snappy are still read (each block records its own compression).
 COMPRESSION = None
 
