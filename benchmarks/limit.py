@@ -148,6 +148,12 @@ def _cpu_timed(action: Callable[[], T]) -> tuple[float, T]:
     return time.process_time() - started, result
 
 
+def validator_keys(network_dir: Path) -> list[KeyPair]:
+    """The validators' signing keys from a `genesis init` directory (to certify blocks)."""
+    return [KeyPair.load(home / "node_key.json")
+            for home in sorted(network_dir.glob("node*")) if (home / "node_key.json").exists()]
+
+
 def sample_of(workload: Workload, count: int) -> list[bytes]:
     """A prefix of every lane: each sender's nonces stay gap-free and in order."""
     lanes = workload.lanes
@@ -158,8 +164,7 @@ def sample_of(workload: Workload, count: int) -> list[bytes]:
 def measure(network_dir: Path, workload: Workload, txs: int, block_txs: int
             ) -> dict[str, Any]:
     """Per-tx CPU microseconds per stage for `txs` of the workload (after its setup)."""
-    keys = [KeyPair.load(home / "node_key.json")
-            for home in sorted(network_dir.glob("node*")) if (home / "node_key.json").exists()]
+    keys = validator_keys(network_dir)
     sample = sample_of(workload, txs)
     totals = dict.fromkeys(STAGES, 0.0)
     wall_started = time.perf_counter()
@@ -189,16 +194,14 @@ CATCH_UP_RUN_BLOCKS = 16  # the node cuts catch-up runs at checkpoint boundaries
 def catch_up(network_dir: Path, workload: Workload, txs: int, block_txs: int,
              cores: int) -> dict[str, Any]:
     """CPU per tx for a fresh node replaying `txs` of the workload in `block_txs` blocks."""
-    keys = [KeyPair.load(home / "node_key.json")
-            for home in sorted(network_dir.glob("node*")) if (home / "node_key.json").exists()]
+    keys = validator_keys(network_dir)
     sample = sample_of(workload, txs)
     with tempfile.TemporaryDirectory(prefix="limit-catch-up-") as tmp:
         source = LimitChain(network_dir / "genesis.json", keys, Path(tmp) / "source.db")
         late = LimitChain(network_dir / "genesis.json", keys, Path(tmp) / "late.db")
         try:
-            setup = [certified for phase in workload.setup
-                     for start in range(0, len(phase), 1000)
-                     for certified in [source.certified_block(phase[start:start + 1000])]]
+            setup = [source.certified_block(phase[start:start + 1000])
+                     for phase in workload.setup for start in range(0, len(phase), 1000)]
             history = [source.certified_block(sample[start:start + block_txs])
                        for start in range(0, len(sample), block_txs)]
             late.replay([(block, cert, late.checked(block.txs)) for block, cert in setup])
