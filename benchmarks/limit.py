@@ -54,6 +54,7 @@ from txtypes.base import load_modules
 
 STAGES = ("decode_verify", "admission", "execute", "store")
 T = TypeVar("T")
+CATCH_UP_RUN_BLOCKS = 16  # the node cuts catch-up runs at checkpoint boundaries (16 seqs)
 # Given the genesis writes and the executor, more initial state to write with them.
 Seeder = Callable[[dict[bytes, bytes | None], Executor], Mapping[bytes, bytes | None]]
 
@@ -188,9 +189,6 @@ def measure(network_dir: Path, workload: Workload, txs: int, block_txs: int
             "single_core_tps": 1e6 / total_us}
 
 
-CATCH_UP_RUN_BLOCKS = 16  # the node cuts catch-up runs at checkpoint boundaries (16 seqs)
-
-
 def catch_up(network_dir: Path, workload: Workload, txs: int, block_txs: int,
              cores: int) -> dict[str, Any]:
     """CPU per tx for a fresh node replaying `txs` of the workload in `block_txs` blocks."""
@@ -238,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also measure a fresh node's replay of the txs in blocks of this size")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args(argv)
+    if args.catch_up < 0:
+        parser.error("--catch-up takes a block size of at least 1 (0 leaves it out)")
     info = machine()
     with tempfile.TemporaryDirectory(prefix="limit-net-") as tmp:
         network = Network(Path(tmp) / "net", args.validators)
