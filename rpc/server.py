@@ -164,9 +164,16 @@ class RunningRpcServer:
         await stop_rpc_server(self)
 
 
+# How long stopping may wait on requests still running (a `tx_submit` waiting for its
+# commit, a client that sent half a body): aiohttp's default held a stopping node for up to
+# two minutes. aiohttp spends its shutdown timeout twice on such a request (first waiting
+# for it to finish, then for it to go after cancelling), hence half of this each.
+STOP_GRACE_S = 5.0
+
+
 async def start_rpc_server(app: web.Application, host: str, port: int) -> RunningRpcServer:
     """Listen on host:port (port 0 picks a free one; see `.port`) and serve `app`."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE_S / 2)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -180,5 +187,6 @@ async def start_rpc_server(app: web.Application, host: str, port: int) -> Runnin
 
 
 async def stop_rpc_server(server: RunningRpcServer) -> None:
-    """Stop accepting connections and finish (or cancel) the requests in flight."""
+    """Stop accepting connections and finish the requests in flight, cancelling those
+    still running after STOP_GRACE_S."""
     await server.runner.cleanup()

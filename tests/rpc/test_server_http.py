@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from rpc.jsonrpc import INVALID_REQUEST, LIMIT_EXCEEDED, UNAVAILABLE
-from rpc.server import create_rpc_app
+from rpc.server import STOP_GRACE_S, create_rpc_app
 from tests.rpc.support import MethodSet, ServerThread, post_json, post_raw
 
 TEN_MB = 10 * 1024 * 1024
@@ -216,3 +217,32 @@ def test_requests_over_the_inflight_limit_get_503_unavailable() -> None:
     assert first == (200, {"jsonrpc": "2.0", "id": 0, "result": 400})
     assert second[0] == 200
     assert after == (200, {"jsonrpc": "2.0", "id": 1, "result": 2})
+
+
+def test_stopping_cancels_a_request_still_running_after_the_grace_period() -> None:
+    # A stopping node must not wait on a client: aiohttp's default would hold it 60 s.
+    methods = MethodSet()
+    server = ServerThread(create_rpc_app(methods.methods())).start()
+    outcome: list[BaseException | int] = []
+
+    async def slow_call() -> None:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.post(server.url, json={
+                        "jsonrpc": "2.0", "method": "sleep", "params": [60_000], "id": 1}) as r:
+                    outcome.append(r.status)
+            except aiohttp.ClientError as exc:
+                outcome.append(exc)
+
+    client = threading.Thread(target=lambda: asyncio.run(slow_call()))
+    client.start()
+    deadline = time.monotonic() + 10
+    while methods.running < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert methods.running == 1
+    started = time.monotonic()
+    server.stop()  # raises TimeoutError if the server's shutdown outlives 10 s
+    assert time.monotonic() - started < STOP_GRACE_S + 3
+    client.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], aiohttp.ClientError)
+    assert methods.running == 0  # the handler was cancelled, not left behind
