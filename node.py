@@ -77,6 +77,7 @@ from ledger.tx import Tx, TxError
 from ledger.tx_verifier import TxVerifier
 from ledger.verify import VerifyReport, verify_chain, verify_epochs
 from p2p import PeerNetwork
+from p2p.config import PeerConfigError, parse_address
 from p2p.tls import CERT_FILE_NAME, KEY_FILE_NAME
 from rpc.methods import jsonable
 from rpc.node_methods import TxWaiters, build_node_methods
@@ -148,8 +149,9 @@ class NodeConfig:
             if not isinstance(value, str) or not value:
                 return f"{name} must be a non-empty string"
         for name in ("p2p_listen", "rpc_listen"):
-            _, colon, port = getattr(self, name).rpartition(":")
-            if not colon or not port.isdigit() or not 0 <= int(port) <= 65_535:
+            try:
+                parse_address(getattr(self, name))
+            except PeerConfigError:
                 return f"{name} must be host:port, got {getattr(self, name)!r}"
         for name, low, high in _NUMERIC_SETTINGS:
             value = getattr(self, name)
@@ -169,11 +171,6 @@ _NUMERIC_SETTINGS: tuple[tuple[str, float, float], ...] = (
     ("store_cache_mb", *STORE_LIMIT_RANGES["block_cache_mb"]),
     ("store_open_files_max", *STORE_LIMIT_RANGES["open_files_max"]),
 )
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 def proof_to_map(proof: CommitProof) -> dict[str, Any]:
@@ -1044,7 +1041,7 @@ class Node:
 
     # -- running ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = _host_port(self.config.rpc_listen)
+        host, port = parse_address(self.config.rpc_listen)
         tls_dir = self.home / "tls"
         peers = {v.public_key_bytes: v.p2p_address for v in self.epochs.current.validators}
         self.p2p = PeerNetwork(self.chain_id, self.key, peers, self.config.p2p_listen,

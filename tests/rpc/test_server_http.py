@@ -220,7 +220,7 @@ def test_requests_over_the_inflight_limit_get_503_unavailable() -> None:
 
 
 def test_stopping_cancels_a_request_still_running_after_the_grace_period() -> None:
-    # A stopping node must not wait on a client: aiohttp's default would hold it 60 s.
+    # A stopping node must not wait on a client: aiohttp's default could hold it two minutes.
     methods = MethodSet()
     server = ServerThread(create_rpc_app(methods.methods())).start()
     outcome: list[BaseException | int] = []
