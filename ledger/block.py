@@ -164,6 +164,9 @@ class Header:
 class Block:
     header: Header
     txs: tuple[bytes, ...]
+    # Set once the tx_root is known to match the txs: a validated block is checked again
+    # by the store when it is written, and the Merkle root is one hash per tx and level.
+    _tx_root_matches: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Header):
@@ -201,7 +204,9 @@ class Block:
         """A block whose tx_root is computed from `txs`."""
         header = Header(chain_id, height, prev_hash, timestamp_ms, proposer, view,
                         tx_root_of(txs), state_root, receipts_root)
-        return cls(header, tuple(txs))
+        block = cls(header, tuple(txs))
+        object.__setattr__(block, "_tx_root_matches", True)
+        return block
 
     @property
     def hash(self) -> bytes:
@@ -233,9 +238,12 @@ class Block:
 
     def check_tx_root(self) -> str | None:
         """None when the header's tx_root matches the txs, else the reason."""
+        if self._tx_root_matches:
+            return None
         actual = tx_root_of(self.txs)
         if actual != self.header.tx_root:
             return f"tx_root {self.header.tx_root.hex()} does not match the txs ({actual.hex()})"
+        object.__setattr__(self, "_tx_root_matches", True)  # immutable fields: stays true
         return None
 
     def tx_proof(self, index: int) -> list[bytes]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ledger.block import Block, BlockError, CommitCertificate, Header, tx_root_of
+from ledger.block import Block, BlockError, CommitCertificate
 from ledger.epochs import EpochHistory
 from ledger.errors import LedgerError, invariant
 from ledger.executor import BlockResult, Executor
@@ -66,6 +66,9 @@ class Chain:
         self.state = state
         self.executor = executor
         self._primary_of = primary_of
+        # (block hash, timestamp) of the last header this chain committed: every proposal
+        # checks its parent's timestamp, which would otherwise be a read and a decode.
+        self._tip_timestamp: tuple[bytes, int] | None = None
 
     # -- the tip --------------------------------------------------------------------------
     @property
@@ -77,12 +80,15 @@ class Chain:
         return self.store.tip()[1]
 
     def _parent_timestamp_ms(self) -> int:
-        height = self.height
+        height, tip_hash = self.store.tip()
         if height == 0:
             return self.genesis.genesis_time_ms
+        if self._tip_timestamp is not None and self._tip_timestamp[0] == tip_hash:
+            return self._tip_timestamp[1]
         header = self.store.header(height)
         invariant(header is not None, f"store has no header at its tip {height}")
         assert header is not None
+        self._tip_timestamp = (tip_hash, header.timestamp_ms)
         return header.timestamp_ms
 
     # -- building -------------------------------------------------------------------------
@@ -96,19 +102,18 @@ class Chain:
         """Execute `txs` as the next block and return it with its execution result."""
         timestamp_ms = max(now_ms, self._parent_timestamp_ms() + 1)
         result, prepared = self._execute(self.height + 1, timestamp_ms, proposer, txs)
-        raw_txs = tuple(tx.raw for tx in txs)
-        header = Header(
+        block = Block.build(
             chain_id=self.chain_id,
             height=self.height + 1,
             prev_hash=self.tip_hash,
             timestamp_ms=timestamp_ms,
             proposer=proposer,
             view=view,
-            tx_root=tx_root_of(raw_txs),
+            txs=[tx.raw for tx in txs],
             state_root=prepared.root,
             receipts_root=result.receipts_root,
         )
-        return Speculation(Block(header, raw_txs), tuple(txs), result, prepared)
+        return Speculation(block, tuple(txs), result, prepared)
 
     # -- validating -----------------------------------------------------------------------
     @staticmethod
@@ -166,7 +171,9 @@ class Chain:
         self.store.append(
             speculation.block, cert, speculation.result.encoded_receipts,
             speculation.prepared.ops, sync=sync,
+            tx_hashes=[tx.hash for tx in speculation.txs],
         )
+        self._tip_timestamp = (speculation.block.hash, speculation.block.header.timestamp_ms)
         self.state.apply_prepared(speculation.prepared)
 
     def commit_certified_run(

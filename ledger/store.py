@@ -101,15 +101,18 @@ def _location_key(prefix: bytes, height: int, index: int) -> bytes:
 
 
 def _check_ops(ops: Iterable[StateOp], *, state: bool) -> list[StateOp]:
-    checked: list[StateOp] = []
-    for key, value in ops:
+    # Runs for every op of every block: the messages are built only on failure. The state
+    # prefixes and the store's are disjoint, so a state op needs only the first test.
+    checked = list(ops)
+    for key, value in checked:
         if not isinstance(key, bytes) or not (value is None or isinstance(value, bytes)):
             raise StoreError("a write op is (bytes key, bytes value or None)", code="bad_op")
-        if state and not key.startswith(STATE_PREFIXES):
-            raise StoreError(f"state key {key!r} is outside the state prefixes", code="bad_op")
-        if key.startswith(STORE_PREFIXES):
+        if state:
+            if not key.startswith(STATE_PREFIXES):
+                raise StoreError(f"state key {key!r} is outside the state prefixes",
+                                 code="bad_op")
+        elif key.startswith(STORE_PREFIXES):
             raise StoreError(f"key {key!r} is reserved for the block store", code="bad_op")
-        checked.append((key, value))
     return checked
 
 
@@ -223,6 +226,7 @@ class BlockStore:
         extra_ops: Sequence[StateOp] = (),
         *,
         sync: bool = True,
+        tx_hashes: Sequence[bytes] | None = None,
     ) -> None:
         """Commit the next block with everything it changed in one (synced) batch.
 
@@ -231,7 +235,8 @@ class BlockStore:
         `sync=False` is for a run of certified blocks written back to back: the batch is
         still atomic and ordered (a crash loses at most a suffix of such blocks, never
         part of one), and the caller makes the run durable with `sync()` before it tells
-        anyone the blocks are executed.
+        anyone the blocks are executed. `tx_hashes`, when the caller has them, are the
+        SHA-256 of each of the block's txs (the chain's decoded txs carry them).
         """
         if self._tip is None:
             raise StoreError("the store has no genesis yet", code="store_uninitialised")
@@ -254,6 +259,11 @@ class BlockStore:
         if len(receipts) != len(block.txs) or not all(isinstance(r, bytes) for r in receipts):
             raise StoreError(f"{len(receipts)} receipts for {len(block.txs)} transactions",
                              code="receipts_mismatch")
+        if tx_hashes is None:
+            tx_hashes = [sha256(tx) for tx in block.txs]
+        elif len(tx_hashes) != len(block.txs):
+            raise StoreError(f"{len(tx_hashes)} tx hashes for {len(block.txs)} transactions",
+                             code="bad_op")
         problem = block.check_tx_root()
         if problem is not None:
             raise StoreError(problem, code="bad_tx_root")
@@ -273,11 +283,13 @@ class BlockStore:
         batch.put(HEADER_PREFIX + h8, header.encode())
         batch.put(CERT_PREFIX + h8, cert.encode())
         batch.put(BLOCK_HASH_PREFIX + block.hash, h8)
-        for index, (tx, receipt) in enumerate(zip(block.txs, receipts, strict=True)):
+        get = self.db.get
+        for index, (tx, receipt, tx_hash) in enumerate(zip(block.txs, receipts, tx_hashes,
+                                                           strict=True)):
             batch.put(_location_key(TX_PREFIX, height, index), tx)
             batch.put(_location_key(RECEIPT_PREFIX, height, index), receipt)
-            location_key = TX_LOCATION_PREFIX + sha256(tx)
-            if self.db.get(location_key) is None:
+            location_key = TX_LOCATION_PREFIX + tx_hash
+            if get(location_key) is None:  # a tx seen before keeps its first location
                 batch.put(location_key, _LOCATION.pack(height, index))
         batch.put(TIP_KEY, _TIP.pack(height, block.hash, cert.seq))
         batch.write()

@@ -156,6 +156,11 @@ def test_check_tx_root_reports_txs_that_do_not_match_the_header() -> None:
     assert swapped.check_tx_root() is not None
     shorter = Block(block.header, block.txs[:2])
     assert shorter.check_tx_root() is not None
+    # A remembered pass is per block object: a checked block vouches for no other, and a
+    # failed check is not remembered.
+    assert Block.decode(block.encode()).check_tx_root() is None
+    assert Block(block.header, swapped.txs).check_tx_root() is not None
+    assert swapped.check_tx_root() is not None
 
 
 def test_block_rejects_duplicate_txs_too_many_txs_and_bad_tx_entries() -> None:

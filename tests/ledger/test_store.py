@@ -259,6 +259,20 @@ def test_append_refuses_a_block_that_does_not_fit_and_writes_nothing(
     assert store.tip() == tip
 
 
+def test_append_with_the_callers_tx_hashes_indexes_the_same_and_refuses_a_short_list(
+    store: BlockStore,
+) -> None:
+    block, cert, receipts = certified_next(store, 3)
+    before = snapshot(store)
+    with pytest.raises(StoreError) as info:
+        store.append(block, cert, receipts, state_ops_for(1), tx_hashes=block.tx_hashes()[:2])
+    assert info.value.code == "bad_op"
+    assert snapshot(store) == before
+    store.append(block, cert, receipts, state_ops_for(1), tx_hashes=block.tx_hashes())
+    assert [store.tx_location(sha256(tx)) for tx in block.txs] == [(1, 0), (1, 1), (1, 2)]
+    assert verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS).ok
+
+
 @pytest.mark.parametrize(
     ("state_ops", "extra_ops"),
     [([(b"x/not-state", b"1")], []), ([(b"tx/evil", b"1")], []), ([], [(b"chain/tip", b"1")]),
