@@ -953,6 +953,13 @@ class Node:
         if self.p2p is not None:
             self.p2p.broadcast({"k": "tip", "seq": self.executed_seq})
 
+    def on_peer_change(self, peer: bytes, connected: bool) -> None:
+        """A peer that just connected hears our tip at once, not at the next announcement:
+        a restarted or fresh node then starts fetching within a round trip of connecting
+        instead of up to TIP_INTERVAL_S later."""
+        if connected and self.p2p is not None:
+            self.p2p.send(peer, {"k": "tip", "seq": self.executed_seq})
+
     def _on_peer_tip(self, peer: bytes, seq: Any) -> None:
         if type(seq) is not int or seq < 0:
             raise MessageError("tip needs a sequence number")
@@ -1046,7 +1053,8 @@ class Node:
         peers = {v.public_key_bytes: v.p2p_address for v in self.epochs.current.validators}
         self.p2p = PeerNetwork(self.chain_id, self.key, peers, self.config.p2p_listen,
                                self.on_peer_message, cert_path=tls_dir / CERT_FILE_NAME,
-                               key_path=tls_dir / KEY_FILE_NAME)
+                               key_path=tls_dir / KEY_FILE_NAME,
+                               on_peer_change=self.on_peer_change)
         await self.p2p.start()
         # The families' read methods (txtypes/queries.py) answer from committed state at
         # the committed height; None from a query is the RPC's not_found.

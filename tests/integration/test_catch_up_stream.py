@@ -111,3 +111,22 @@ def test_each_range_is_streamed_from_one_peer_and_at_most_the_ahead_limit_waits(
 
     asyncio.run(scenario())
     assert lagging.store.tip()[1] == source.store.block(FETCH_AHEAD_SEQS_MAX).hash  # type: ignore[union-attr]
+
+
+def test_a_peer_that_connects_is_told_the_tip_at_once_and_a_lagging_node_fetches(
+        nodes: tuple[Node, Node, list[KeyPair]]) -> None:
+    # Without this a fresh or restarted node on a quiet network waited for the next
+    # periodic tip announcement (up to TIP_INTERVAL_S) before fetching anything.
+    source, lagging, keys = nodes
+    commit_history(source, keys, 3)
+    told = RecordingPeers()
+    source.p2p = told  # type: ignore[assignment]
+    newcomer = keys[1].public_key
+    source.on_peer_change(newcomer, True)
+    source.on_peer_change(newcomer, False)  # a departure tells nobody anything
+    assert told.sent == [(newcomer, {"k": "tip", "seq": source.executed_seq})]
+
+    asking = RecordingPeers()
+    lagging.p2p = asking  # type: ignore[assignment]
+    lagging.on_peer_message(keys[0].public_key, {"k": "tip", "seq": 3})
+    assert asking.fetches_to(keys[0].public_key) == [(1, 3)]
