@@ -540,9 +540,10 @@ class Node:
             if handle is not None:
                 handle.cancel()
         elif isinstance(action, BuildProposal | ValidateProposal | Execute):
-            if isinstance(action, Execute) and action.payload \
-                    and action.digest not in self.speculations:
-                self._preverify(action.payload)
+            # A fetched block's signatures are checked when its run executes, not as soon
+            # as it arrives: checking them on the pool while an earlier run commits made
+            # both slower (the verify threads wait for the GIL the commit holds, and slow
+            # it down when they get it); see benchmarks.limit --catch-up.
             self._jobs.put_nowait(action)
         elif isinstance(action, FetchCommitted):
             self._fetch(action)
@@ -689,15 +690,6 @@ class Node:
     async def _verify(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
         """Decode+verify a block's txs; those this node already checked are not redone."""
         return await self.verifier.verify_many(raws)
-
-    def _preverify(self, payload: bytes) -> None:
-        """Start checking a committed block's tx signatures now (a fetched one: nothing
-        checked them here yet), so they are done on the pool while earlier blocks execute;
-        the job that executes it then finds them in the verifier's cache or in flight."""
-        block = self._block_of(payload)
-        if block is not None:
-            for raw in block.txs:
-                self.verifier.verify(raw)
 
     # -- the application jobs (build, validate, execute), one at a time ------------------
     async def _job_worker(self) -> None:
