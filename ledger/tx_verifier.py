@@ -1,9 +1,10 @@
-"""Batched transaction signature checks on worker threads.
+"""Batched transaction signature checks, on worker threads when there are many.
 
-Signature checks dominate the cost of a transaction. libsodium releases the GIL, so
-verifying on a small thread pool uses both cores and keeps the event loop free for
-consensus traffic. Requests arriving within one loop iteration are verified together in
-chunks, so the per-call thread hand-off is paid per chunk, not per transaction.
+Signature checks dominate the cost of a transaction. libsodium releases the GIL, so a
+large batch (a client's batch, a catch-up run) is verified on a small thread pool, in
+chunks, using both cores. Requests arriving within one loop iteration are flushed together;
+a flush of a few (gossip, a proposal's unknown txs) is checked on the loop thread itself:
+the hand-off to a thread and the GIL going back and forth cost more than the checks.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from ledger.crypto import sha256
 from ledger.tx import Tx, TxError, decode_and_verify
 
 CHUNK_TXS = 128
+# A flush of at most this many txs is checked on the calling (event loop) thread: handing
+# a few txs to the pool costs more than checking them (a thread wake-up, and the GIL taken
+# back and forth with the loop), and the loop is held for at most ~10 ms. Larger flushes
+# (client batches, catch-up runs) use the pool's threads, which overlap inside libsodium.
+INLINE_TXS_MAX = 64
 
 
 class TxVerifier:
-    def __init__(self, chain_id: str, threads: int = 2) -> None:
+    def __init__(self, chain_id: str, threads: int = 2,
+                 inline_txs_max: int = INLINE_TXS_MAX) -> None:
         self.chain_id = chain_id
+        self.inline_txs_max = inline_txs_max
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
         # (raw, its hash, the future for its outcome), waiting for the next flush.
         self._pending: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]] = []
@@ -99,6 +107,9 @@ class TxVerifier:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
+        if len(pending) <= self.inline_txs_max:
+            self._deliver_results(pending, self._check_chunk(pending))
+            return
         loop = asyncio.get_running_loop()
         for start in range(0, len(pending), CHUNK_TXS):
             chunk = pending[start:start + CHUNK_TXS]
@@ -107,7 +118,12 @@ class TxVerifier:
 
     def _deliver(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]],
                  done: asyncio.Future[list[Tx | TxError]]) -> None:
-        results = done.result()
+        if done.cancelled():  # close() dropped it: the node is stopping, no one waits
+            return
+        self._deliver_results(chunk, done.result())
+
+    def _deliver_results(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]],
+                         results: list[Tx | TxError]) -> None:
         self.checked += len(results)
         in_flight, verified = self._in_flight, self._verified
         for (_, tx_hash, future), result in zip(chunk, results, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ledger.crypto import KeyPair
 from ledger.tx import Tx, TxError, sign_tx
@@ -94,6 +95,36 @@ def test_verify_many_answers_known_txs_from_the_cache_and_checks_the_rest_in_ord
             hashes = [r.hash if isinstance(r, Tx) else b"" for r in results]
             again = await verifier.verify_many(raws[:2], hashes[:2])
             assert again == results[:2]
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_small_flush_is_checked_on_the_loop_thread_and_a_large_one_on_the_pool() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN, inline_txs_max=4)
+        ran_on: list[str] = []
+        original = verifier._check_chunk
+
+        def recording(chunk: list) -> list[Tx | TxError]:  # type: ignore[type-arg]
+            ran_on.append(threading.current_thread().name)
+            return original(chunk)
+
+        verifier._check_chunk = recording  # type: ignore[method-assign]
+        try:
+            txs = [sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+                   for _ in range(14)]
+            bad = bytearray(txs[0].raw)
+            bad[-1] ^= 1
+            small = await verifier.verify_many([tx.raw for tx in txs[1:4]] + [bytes(bad)])
+            assert [r.hash for r in small[:3] if isinstance(r, Tx)] == [t.hash for t in txs[1:4]]
+            assert isinstance(small[3], TxError) and small[3].code == "bad_signature"
+            assert ran_on == [threading.current_thread().name]
+            large = await verifier.verify_many([tx.raw for tx in txs[4:]])
+            assert [r.hash for r in large if isinstance(r, Tx)] == [t.hash for t in txs[4:]]
+            assert len(ran_on) == 2 and ran_on[1].startswith("verify")
+            assert verifier.checked == 14
         finally:
             verifier.close()
 
