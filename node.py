@@ -943,14 +943,17 @@ class Node:
         votes); on a quiet network a restarted or wiped node would wait for it forever.
         """
         if self.p2p is not None:
-            self.p2p.broadcast({"k": "tip", "seq": self.executed_seq})
+            self.p2p.broadcast(self._tip_frame())
+
+    def _tip_frame(self) -> dict[str, Any]:
+        return {"k": "tip", "seq": self.executed_seq}
 
     def on_peer_change(self, peer: bytes, connected: bool) -> None:
         """A peer that just connected hears our tip at once, not at the next announcement:
         a restarted or fresh node then starts fetching within a round trip of connecting
         instead of up to TIP_INTERVAL_S later."""
         if connected and self.p2p is not None:
-            self.p2p.send(peer, {"k": "tip", "seq": self.executed_seq})
+            self.p2p.send(peer, self._tip_frame())
 
     def _on_peer_tip(self, peer: bytes, seq: Any) -> None:
         if type(seq) is not int or seq < 0:

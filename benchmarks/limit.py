@@ -256,15 +256,12 @@ def _pooled_replay(chain: LimitChain, history: Sequence[tuple[Block, CommitCerti
         for index, run in enumerate(runs):
             checked = [(block, cert, future.result())
                        for (block, cert), future in zip(run, pending, strict=True)]
-            if index + 1 < len(runs):
-                if overlap:
-                    pending = submit(runs[index + 1])
-                    chain.replay(checked)
-                else:
-                    chain.replay(checked)
-                    pending = submit(runs[index + 1])
-            else:
-                chain.replay(checked)
+            following = runs[index + 1] if index + 1 < len(runs) else None
+            if overlap and following:
+                pending = submit(following)
+            chain.replay(checked)
+            if not overlap and following:
+                pending = submit(following)
         return time.perf_counter() - started
 
 
