@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +35,7 @@ from typing import Any, TypeVar
 
 from ledger.crypto import KeyPair
 from ledger.tx import Tx, sign_tx
+from tests.ports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -56,41 +55,6 @@ class RpcError(Exception):
         self.code = code
         self.message = message
         self.data = data
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that are free now, checked by binding them together.
-
-    They are drawn below the kernel's ephemeral range: a port the kernel hands out for
-    port 0 can be handed out again as the source port of some outgoing connection (the
-    validators dial each other all the time) before our node binds it. Ports below the
-    range are only ever taken by an explicit bind, and the bind check skips those in use.
-    """
-    low, _ = _ephemeral_range()
-    first, last = (10000, low - 1) if low > 12000 else (low, 65535)
-    rng = random.Random()
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind(("127.0.0.1", rng.randint(first, last)))
-            except OSError:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def die_with_parent() -> None:

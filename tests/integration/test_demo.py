@@ -24,6 +24,7 @@ import pytest
 
 from cli import main as cli_main
 from rpc.client import RpcClientError, SyncRpcClient
+from tests.ports import listen_port_window
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 4
@@ -55,9 +56,13 @@ def _ports_free(ports: list[int]) -> bool:
 
 def _free_port_bases() -> tuple[int, int]:
     """Two runs of NODES consecutive free ports (genesis init numbers ports from a base)."""
+    # Below the ephemeral range, like free_ports: a port in it can be taken as the source
+    # port of another test's outgoing connection between this check and the node's bind
+    # (seen: "address already in use" on 33040 while the suite ran on two workers).
+    first, last = listen_port_window()
     rng = random.Random()
     for _ in range(200):
-        p2p = rng.randrange(20_000, 60_000, 10)
+        p2p = rng.randrange(first, last - 4 * NODES)
         rpc = p2p + 2 * NODES
         if _ports_free(list(range(p2p, p2p + NODES)) + list(range(rpc, rpc + NODES))):
             return p2p, rpc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from ledger.crypto import KeyPair
 from p2p import PeerLimits, PeerNetwork, write_node_tls
+from tests.ports import free_ports
 
 CHAIN_ID = "cityledger-test"
 
@@ -30,18 +30,6 @@ def sorted_keys(count: int, salt: int = 0) -> list[KeyPair]:
     """Deterministic key pairs ordered by public key (index 0 dials everyone)."""
     keys = [KeyPair(bytes([salt, index + 1]) * 16) for index in range(count)]
     return sorted(keys, key=lambda pair: pair.public_key)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 @dataclass
