@@ -55,12 +55,12 @@ from ledger.rules import RuleModule
 from ledger.state import WorldState
 from ledger.store import BlockStore
 from ledger.tx import Tx, TxError, decode_and_verify
+from ledger.tx_verifier import VERIFY_THREADS
 from txtypes.base import load_modules
 
 STAGES = ("decode_verify", "admission", "execute", "store")
 T = TypeVar("T")
 CATCH_UP_RUN_BLOCKS = 16  # the node cuts catch-up runs at checkpoint boundaries (16 seqs)
-VERIFY_THREADS = 2  # ledger.tx_verifier.TxVerifier's default pool
 # Given the genesis writes and the executor, more initial state to write with them.
 Seeder = Callable[[dict[bytes, bytes | None], Executor], Mapping[bytes, bytes | None]]
 

@@ -19,6 +19,7 @@ from ledger.crypto import sha256
 from ledger.tx import Tx, TxError, decode_and_verify
 
 CHUNK_TXS = 128
+VERIFY_THREADS = 2  # one per core of the machines we measure on
 # A flush of at most this many txs is checked on the calling (event loop) thread: handing
 # a few txs to the pool costs more than checking them (a thread wake-up, and the GIL taken
 # back and forth with the loop), and the loop is held for at most ~10 ms. Larger flushes
@@ -27,7 +28,7 @@ INLINE_TXS_MAX = 64
 
 
 class TxVerifier:
-    def __init__(self, chain_id: str, threads: int = 2,
+    def __init__(self, chain_id: str, threads: int = VERIFY_THREADS,
                  inline_txs_max: int = INLINE_TXS_MAX) -> None:
         self.chain_id = chain_id
         self.inline_txs_max = inline_txs_max

@@ -17,7 +17,7 @@ def _ephemeral_range() -> tuple[int, int]:
 
 def listen_port_window() -> tuple[int, int]:
     """The loopback ports tests may listen on: below the kernel's ephemeral range (see
-    `free_ports`), or above it where it starts too low to leave room below."""
+    `free_ports`); where that range starts too low to leave room below, from its start up."""
     low, _ = _ephemeral_range()
     return (10000, low - 1) if low > 12000 else (low, 65535)
 
