@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -100,6 +101,9 @@ TIMER_HOLD_MAX_S = 8.0
 CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
+# Young-generation collections every 20,000 allocations instead of 700: a block's
+# temporaries mostly die before a collection sees them (see settle_heap).
+GC_THRESHOLDS = (20_000, 20, 20)
 DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
 # ...and by size: 40 full proposals are 60 MB of payload, several times that decoded.
 DECODED_BYTES_MAX = FETCH_BYTES_MAX + 2 * PROPOSAL_BYTES_MAX
@@ -449,6 +453,8 @@ class Node:
             # Transactions this node has decoded and signature-checked since it started
             # (cache answers not counted): about one per committed tx when the cache works.
             "signatures_checked": self.verifier.checked,
+            # Objects settle_heap() took out of garbage collection (0 before it ran).
+            "gc_frozen_objects": gc.get_freeze_count(),
             "evidence": len(self.evidence),
             "halted": self.halted,
         }
@@ -1102,6 +1108,20 @@ class Node:
 _ALREADY_KNOWN = TxError("already_known", "this transaction is already pending")
 
 
+def settle_heap() -> None:
+    """Keep the garbage collector off what a started node holds for life.
+
+    The start-up heap (modules, pydantic schemas, aiohttp, the state tree) is ~55,000
+    containers that every full collection walked: ~50 ms of CPU each, several times a
+    minute under load, about 5% of a validator's CPU and a stop-the-world pause each time.
+    Frozen, they are never examined again (a cycle among them would never be freed, so
+    the garbage of start-up is collected first).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _records_prefix(epoch: int) -> bytes:
     """Each epoch's replica persists under its own prefix: a new set starts with none."""
     return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
@@ -1134,6 +1154,7 @@ def setup_logging(log_format: str, level: str) -> None:
 
 async def _serve(home: Path) -> None:
     node = Node(home)
+    settle_heap()  # the node process's own collector; a Node embedded elsewhere leaves it be
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

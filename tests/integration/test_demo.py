@@ -171,6 +171,15 @@ def test_demo_plays_a_city_day_and_every_node_agrees(network: Network) -> None:
     assert len(hashes) == 1
 
 
+def test_a_started_node_keeps_its_start_up_heap_out_of_garbage_collection(
+        network: Network) -> None:
+    # node.settle_heap: without it every full collection walks the start-up heap (~50 ms).
+    for url in network.rpc_urls:
+        status = _status(url)
+        assert status is not None
+        assert status["gc_frozen_objects"] > 10_000, status
+
+
 def test_demo_runs_again_and_its_records_answer_every_family_read(network: Network) -> None:
     # A second day on the same chain: fresh ids, so nothing collides with the first run.
     result = cli("--json", "demo", "--rpc", network.rpc_urls[1], "--accounts",
