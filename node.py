@@ -101,8 +101,9 @@ TIMER_HOLD_MAX_S = 8.0
 CATCH_UP_INTERVAL_S = 0.5
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
-# Young-generation collections every 20,000 allocations instead of 700: a block's
-# temporaries mostly die before a collection sees them (see settle_heap).
+# Young-generation collections every 20,000 allocations instead of 700 (a block's
+# temporaries mostly die before a collection sees them), the older generations every 20
+# collections of the one below instead of 10 (see settle_heap).
 GC_THRESHOLDS = (20_000, 20, 20)
 DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
 # ...and by size: 40 full proposals are 60 MB of payload, several times that decoded.
@@ -252,6 +253,7 @@ class Node:
         self._epoch_switches = 0  # lets the job worker drop jobs of a retired replica
         self.waiters = TxWaiters()
         self.evidence: list[dict[str, Any]] = []
+        self.gc_frozen_objects = 0  # set by the node process (settle_heap), reported in status
         self.speculations: OrderedDict[bytes, Speculation] = OrderedDict()
         self._decoded: OrderedDict[bytes, tuple[Block, int]] = OrderedDict()  # (block, bytes)
         self._decoded_bytes = 0  # payload bytes of the blocks in _decoded
@@ -454,7 +456,7 @@ class Node:
             # (cache answers not counted): about one per committed tx when the cache works.
             "signatures_checked": self.verifier.checked,
             # Objects settle_heap() took out of garbage collection (0 before it ran).
-            "gc_frozen_objects": _heap_frozen_objects,
+            "gc_frozen_objects": self.gc_frozen_objects,
             "evidence": len(self.evidence),
             "halted": self.halted,
         }
@@ -1108,24 +1110,20 @@ class Node:
 _ALREADY_KNOWN = TxError("already_known", "this transaction is already pending")
 
 
-_heap_frozen_objects = 0
-
-
-def settle_heap() -> None:
-    """Keep the garbage collector off what a started node holds for life.
+def settle_heap() -> int:
+    """Keep the garbage collector off what a started node holds for life; how many objects.
 
     The start-up heap (modules, pydantic schemas, aiohttp, the state tree) is ~55,000
-    containers that every full collection walked: ~50 ms of CPU each, several times a
-    minute under load, about 5% of a validator's CPU and a stop-the-world pause each time.
-    Frozen, they are never examined again (a cycle among them would never be freed, so
-    the garbage of start-up is collected first).
+    containers that every full collection walked: ~50 ms of CPU each, every few seconds
+    under load, about 5% of a validator's CPU and a stop-the-world pause each time. Frozen,
+    they are never examined again (a cycle among them would never be freed, so the garbage
+    of start-up is collected first).
     """
-    global _heap_frozen_objects
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    # Counted once: gc.get_freeze_count() walks the whole frozen list (~5 ms here).
-    _heap_frozen_objects = gc.get_freeze_count()
+    # Counted here, once: gc.get_freeze_count() walks the whole frozen list (~5 ms).
+    return gc.get_freeze_count()
 
 
 def _records_prefix(epoch: int) -> bytes:
@@ -1160,7 +1158,8 @@ def setup_logging(log_format: str, level: str) -> None:
 
 async def _serve(home: Path) -> None:
     node = Node(home)
-    settle_heap()  # the node process's own collector; a Node embedded elsewhere leaves it be
+    # The node process's own collector; a Node embedded elsewhere leaves it be.
+    node.gc_frozen_objects = settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
