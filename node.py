@@ -708,8 +708,12 @@ class Node:
             if self.halted:
                 continue
             switches = self._epoch_switches
+            # A run re-validates its blocks from scratch: a block this node has already
+            # validated (a backup one block behind) is committed from its speculation
+            # instead, by _execute, and what follows it forms the run.
             if isinstance(action, Execute) and action.payload \
-                    and action.seq == self.executed_seq + 1 and not self._jobs.empty():
+                    and action.seq == self.executed_seq + 1 and not self._jobs.empty() \
+                    and self._cached_speculation(action.digest) is None:
                 run = [action]
                 while not self._jobs.empty() and len(run) < RUN_BLOCKS_MAX:
                     following = self._jobs.get_nowait()
@@ -783,11 +787,19 @@ class Node:
             return None
         return found[0].block.hash if found[0].block is not None else NULL_DIGEST
 
+    def _cached_speculation(self, digest: bytes) -> Speculation | None:
+        """The remembered validation of block `digest`, if it still extends the tip."""
+        cached = self.speculations.get(digest)
+        if cached is None:
+            return None
+        height, tip = self.store.tip()
+        header = cached.block.header
+        return cached if header.height == height + 1 and header.prev_hash == tip else None
+
     async def _speculate(self, payload: bytes, digest: bytes,
                          now_ms: int | None) -> Speculation | None:
-        cached = self.speculations.get(digest)
-        if cached is not None and cached.block.header.height == self.store.tip()[0] + 1 \
-                and cached.block.header.prev_hash == self.store.tip()[1]:
+        cached = self._cached_speculation(digest)
+        if cached is not None:
             return cached
         try:
             block = Chain.decode_proposal(payload)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ledger.block import CommitCertificate, commit_vote_bytes
+from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.crypto import KeyPair
 from ledger.network_setup import init_network
 from node import FETCH_AHEAD_SEQS_MAX, FETCH_SEQS_MAX, Node
@@ -130,3 +130,43 @@ def test_a_peer_that_connects_is_told_the_tip_at_once_and_a_lagging_node_fetches
     lagging.p2p = asking  # type: ignore[assignment]
     lagging.on_peer_message(keys[0].public_key, {"k": "tip", "seq": 3})
     assert asking.fetches_to(keys[0].public_key) == [(1, 3)]
+
+
+def test_a_block_validated_here_is_committed_from_that_validation_not_run_again(
+        nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A backup one block behind has block 1 validated (its speculation) when the commits of
+    # blocks 1..3 arrive together. The catch-up run re-validates every block it takes, so
+    # block 1 is committed from its speculation and only blocks 2 and 3 form the run.
+    source, lagging, keys = nodes
+    commit_history(source, keys, 3)
+    validated: list[int] = []
+    validate = lagging.chain.validate
+
+    def counting_validate(block: Block, txs: Any, now_ms: int | None) -> Any:
+        validated.append(block.header.height)
+        return validate(block, txs, now_ms)
+
+    monkeypatch.setattr(lagging.chain, "validate", counting_validate)
+    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
+    peer = keys[2].public_key
+
+    async def scenario() -> None:
+        items = answer(source, 1, 3)
+        first = items[0]
+        assert await lagging._speculate(first["payload"], first["cert"]["digest"],
+                                        now_ms=None) is not None
+        lagging._peer_seq[peer] = 3
+        lagging._on_fetched(peer, items)
+        assert lagging._jobs.qsize() == 3
+        worker = asyncio.create_task(lagging._job_worker())
+        try:
+            deadline = time.monotonic() + 30
+            while lagging.executed_seq < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            worker.cancel()
+
+    asyncio.run(scenario())
+    assert lagging.executed_seq == 3
+    assert validated == [1, 2, 3]  # the old way: [1, 1, 2, 3]
+    assert lagging.store.tip()[1] == source.store.block(3).hash  # type: ignore[union-attr]
