@@ -22,6 +22,10 @@ class PeerLimits:
     frame_bytes_max: int = 8 * 1024 * 1024
     send_queue_frames_max: int = 4096
     send_queue_bytes_max: int = 64 * 1024 * 1024
+    # A frame not sent within this long (its peer was away) is dropped: a few view-change
+    # timeouts, long enough to carry a peer's restart, short enough that a node rejoining
+    # after an outage is not handed thousands of stale votes and transactions.
+    send_queue_frame_ttl_s: float = 5.0
     # Bytes handed to the socket per drain; bounds how long one batch holds the writer.
     write_batch_bytes_max: int = 1024 * 1024
     connect_timeout_s: float = 3.0
@@ -43,7 +47,8 @@ class PeerLimits:
             return "queue and pending-handshake limits must be positive"
         if self.idle_timeout_s <= self.keepalive_interval_s:
             return "idle_timeout_s must exceed keepalive_interval_s, or idle links would drop"
-        if min(self.connect_timeout_s, self.handshake_timeout_s, self.write_timeout_s) <= 0:
+        if min(self.connect_timeout_s, self.handshake_timeout_s, self.write_timeout_s,
+               self.send_queue_frame_ttl_s) <= 0:
             return "timeouts must be positive"
         if not 0 < self.reconnect_base_s <= self.reconnect_max_s:
             return "need 0 < reconnect_base_s <= reconnect_max_s"

@@ -10,8 +10,9 @@ noticed yet (restart after SIGKILL).
 Sending is fire-and-forget and at-most-once: `send` encodes, appends to that peer's
 bounded queue and returns at once (False when the queue is full). A writer task per
 connection drains the queue; frames queued while a peer is disconnected wait for the next
-connection; a frame handed to a connection that then dies is lost. Consensus tolerates
-loss (it retransmits and state-transfers), and it must never wait on one peer.
+connection, for up to `send_queue_frame_ttl_s` (older ones are dropped unsent); a frame
+handed to a connection that then dies is lost. Consensus tolerates loss (it retransmits
+and state-transfers), and it must never wait on one peer.
 
 Liveness: each connection sends a keepalive when it has had nothing to send for
 `keepalive_interval_s`, and closes when it has received nothing for `idle_timeout_s`,
@@ -203,6 +204,7 @@ class PeerNetwork:
         snapshot["peers_connected"] = len(self._connections)
         snapshot["send_queue_frames"] = sum(len(queue) for queue in self._queues.values())
         snapshot["send_queue_bytes"] = sum(queue.queued_bytes for queue in self._queues.values())
+        snapshot["send_dropped_stale"] = sum(queue.stale_dropped for queue in self._queues.values())
         return snapshot
 
     def queue_depth(self, peer: bytes) -> int:
@@ -262,7 +264,9 @@ class PeerNetwork:
         return peers
 
     def _new_queue(self) -> SendQueue:
-        return SendQueue(self.limits.send_queue_frames_max, self.limits.send_queue_bytes_max)
+        limits = self.limits
+        return SendQueue(limits.send_queue_frames_max, limits.send_queue_bytes_max,
+                         limits.send_queue_frame_ttl_s)
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -478,6 +482,8 @@ class PeerNetwork:
                 frames = [KEEPALIVE_FRAME]
             else:
                 frames = queue.take_all(limits.write_batch_bytes_max)
+                if not frames:  # everything queued had outlived its time to live
+                    continue
             try:
                 writer.writelines(frames)
                 async with asyncio.timeout(limits.write_timeout_s):

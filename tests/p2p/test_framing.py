@@ -98,6 +98,24 @@ def test_send_queue_refuses_frames_beyond_its_count_or_byte_bound() -> None:
     assert by_bytes.offer(b"y" * 5)
 
 
+def test_send_queue_drops_frames_that_outlived_their_time_to_live() -> None:
+    now = [100.0]
+    queue = SendQueue(frames_max=3, bytes_max=1000, ttl_s=5.0, clock=lambda: now[0])
+    assert queue.offer(b"old-1") and queue.offer(b"old-2")
+    now[0] = 103.0
+    assert queue.offer(b"newer")
+    now[0] = 104.0
+    assert not queue.offer(b"fresh")  # full, and nothing in it is old enough to go yet
+    now[0] = 105.0  # old-1 and old-2 are 5 s old: they make room; "newer" is kept
+    assert queue.offer(b"fresh")
+    assert queue.take_all(1000) == [b"newer", b"fresh"]
+    assert (queue.stale_dropped, queue.queued_bytes, len(queue)) == (2, 0, 0)
+    assert queue.offer(b"last")
+    now[0] = 111.0  # what waited past the time to live is not handed to the writer
+    assert queue.take_all(1000) == []
+    assert (queue.stale_dropped, queue.queued_bytes) == (3, 0)
+
+
 def test_backoff_grows_exponentially_up_to_the_cap_with_bounded_jitter() -> None:
     rng = random.Random(7)
     for attempt in range(12):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import time
 from pathlib import Path
@@ -252,6 +253,35 @@ def test_dialer_reconnects_after_the_peer_restarts_and_delivers_what_was_queued(
 
     asyncio.run(scenario())
     assert before.from_peer(low_key) == []
+
+
+def test_frames_queued_for_a_peer_away_longer_than_their_time_to_live_are_not_sent(
+        tmp_path: Path) -> None:
+    # A node rejoining after an outage gets what was sent lately, not the whole outage.
+    cluster = make_cluster(tmp_path, 2)
+    low_key, high_key = (key.public_key for key in cluster.keys)
+    limits = dataclasses.replace(FAST_LIMITS, send_queue_frame_ttl_s=2.0)
+    after = Inbox()
+
+    async def scenario() -> None:
+        dialer = cluster.network(0, Inbox(), limits)
+        await dialer.start()
+        try:
+            assert dialer.send(high_key, {"queued": "early"})
+            await asyncio.sleep(2.5)
+            assert dialer.send(high_key, {"queued": "late"})
+            peer = cluster.network(1, after, limits)
+            await peer.start()
+            try:
+                await wait_until(lambda: {"queued": "late"} in after.from_peer(low_key), 5.0)
+                assert {"queued": "early"} not in after.from_peer(low_key)
+                assert dialer.stats()["send_dropped_stale"] == 1
+            finally:
+                await peer.close()
+        finally:
+            await dialer.close()
+
+    asyncio.run(scenario())
 
 
 def test_acceptor_takes_the_new_connection_when_the_dialer_restarts(tmp_path: Path) -> None:
