@@ -107,10 +107,12 @@ _empty_tree_cache: list[bytes] = []
 
 def _empty_tree() -> list[bytes]:
     if not _empty_tree_cache:
+        # Every node of one level of the empty tree has the same hash: 16 hashes, not 65,535.
         nodes = [b""] * (2 * BUCKET_COUNT)
-        nodes[BUCKET_COUNT:] = [EMPTY_BUCKET_HASH] * BUCKET_COUNT
-        for index in range(BUCKET_COUNT - 1, 0, -1):
-            nodes[index] = inner_hash(nodes[2 * index], nodes[2 * index + 1])
+        level_hash, width = EMPTY_BUCKET_HASH, BUCKET_COUNT
+        while width:
+            nodes[width:2 * width] = [level_hash] * width
+            level_hash, width = inner_hash(level_hash, level_hash), width // 2
         _empty_tree_cache.extend(nodes)
     return list(_empty_tree_cache)
 
