@@ -105,8 +105,9 @@ EVIDENCE_KEPT_MAX = 64
 # temporaries mostly die before a collection sees them), the older generations every 20
 # collections of the one below instead of 10 (see settle_heap).
 GC_THRESHOLDS = (20_000, 20, 20)
-DECODED_BLOCKS_MAX = FETCH_SEQS_MAX + 8  # a fetched range is decoded once, not per use
-# ...and by size: 40 full proposals are 60 MB of payload, several times that decoded.
+# Every fetched seq waiting for execution stays decoded: it is decoded once, not per use.
+DECODED_BLOCKS_MAX = FETCH_AHEAD_SEQS_MAX + 8
+# ...and by size: 104 full proposals would be 156 MB of payload, several times that decoded.
 DECODED_BYTES_MAX = FETCH_BYTES_MAX + 2 * PROPOSAL_BYTES_MAX
 
 

@@ -93,6 +93,8 @@ def test_each_range_is_streamed_from_one_peer_and_at_most_the_ahead_limit_waits(
                 break
             lagging._on_fetched(first_peer, answer(source, *peers.fetches_to(first_peer)[-1]))
         assert lagging._issued_seq() == FETCH_AHEAD_SEQS_MAX and lagging.executed_seq == 0
+        # What waits for execution stays decoded: executing it will not decode it again.
+        assert len(lagging._decoded) == FETCH_AHEAD_SEQS_MAX
         asked = len(peers.fetches_to(first_peer))
         lagging._on_fetched(first_peer, answer(source, FETCH_AHEAD_SEQS_MAX - 1,
                                                FETCH_AHEAD_SEQS_MAX))  # nothing new
