@@ -460,6 +460,9 @@ class Node:
             "gc_frozen_objects": self.gc_frozen_objects,
             "evidence": len(self.evidence),
             "halted": self.halted,
+            # The transport's counters since start: frames and bytes each way, what was
+            # dropped (queue full, oversize, expired while a peer was away), closes by reason.
+            "p2p": self.p2p.stats() if self.p2p is not None else {},
         }
 
     async def _health(self) -> dict[str, Any]:

@@ -180,6 +180,16 @@ def test_a_started_node_keeps_its_start_up_heap_out_of_garbage_collection(
         assert status["gc_frozen_objects"] > 10_000, status
 
 
+def test_node_status_reports_the_transport_counters(network: Network) -> None:
+    statuses = [_status(url) for url in network.rpc_urls]
+    for status in statuses:
+        assert status is not None
+        p2p = status["p2p"]
+        assert p2p["peers_connected"] == len(network.rpc_urls) - 1
+        assert p2p["frames_received"] > 0 and p2p["bytes_sent"] > 0
+        assert p2p["send_dropped_stale"] == 0  # every peer has been up all along
+
+
 def test_demo_runs_again_and_its_records_answer_every_family_read(network: Network) -> None:
     # A second day on the same chain: fresh ids, so nothing collides with the first run.
     result = cli("--json", "demo", "--rpc", network.rpc_urls[1], "--accounts",
