@@ -151,7 +151,8 @@ class PeerNetwork:
         for peer in sorted(set(self._peers) - set(updated)):
             logger.info("p2p %s left the validator set", _short(peer))
             del self._peers[peer]
-            del self._queues[peer]
+            # Its queue goes; what it dropped for age stays counted.
+            self.counters["send_dropped_stale"] += self._queues.pop(peer).stale_dropped
             dialer = self._dialers.pop(peer, None)
             if dialer is not None:
                 dialer.cancel()
@@ -204,7 +205,8 @@ class PeerNetwork:
         snapshot["peers_connected"] = len(self._connections)
         snapshot["send_queue_frames"] = sum(len(queue) for queue in self._queues.values())
         snapshot["send_queue_bytes"] = sum(queue.queued_bytes for queue in self._queues.values())
-        snapshot["send_dropped_stale"] = sum(queue.stale_dropped for queue in self._queues.values())
+        snapshot["send_dropped_stale"] = self.counters["send_dropped_stale"] + sum(
+            queue.stale_dropped for queue in self._queues.values())
         return snapshot
 
     def queue_depth(self, peer: bytes) -> int:

@@ -187,7 +187,9 @@ def test_node_status_reports_the_transport_counters(network: Network) -> None:
         p2p = status["p2p"]
         assert p2p["peers_connected"] == len(network.rpc_urls) - 1
         assert p2p["frames_received"] > 0 and p2p["bytes_sent"] > 0
-        assert p2p["send_dropped_stale"] == 0  # every peer has been up all along
+        # Reported even when zero. (Not asserted zero: a peer whose dialer backed off while
+        # the network started may have had start-up tips expire in its queue.)
+        assert isinstance(p2p["send_dropped_stale"], int) and p2p["send_dropped_stale"] >= 0
 
 
 def test_demo_runs_again_and_its_records_answer_every_family_read(network: Network) -> None:
