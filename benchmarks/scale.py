@@ -3,7 +3,7 @@
     python -m benchmarks.scale [--parts validators,state,sync] [--out bench-out/scale]
         [--validator-counts 4,7,10] [--duration 20] [--warmup 5] [--rate R]
         [--state-sizes 10000,100000] [--state-txs 2000]
-        [--sync-rate 300] [--sync-duration 20]
+        [--sync-rate 300] [--sync-duration 20] [--sync-history-blocks B --sync-block-txs K]
 
 validators  benchmarks.cluster for each N (closed loop unless --rate): throughput, latency,
             CPU per tx, ceiling fraction.
@@ -11,7 +11,11 @@ state       per-tx CPU cost of a validator (benchmarks.limit's pipeline: decode+
             admission, execute, store) with S funded accounts already in the state, for
             transfers between random accounts; and the 4-validator ceiling it implies.
             The accounts are written straight into the genesis state (issuing 1M accounts
-            through transactions would take longer than the measurement).
+            through transactions would take longer than the measurement), then LevelDB is
+            compacted before timing: the seeding is one huge batch, and its compaction,
+            running in the background, would otherwise be charged to whatever stage runs
+            (a node that grew to that size has long since compacted it). The measured
+            blocks' own compaction still counts (process CPU time).
 sync        a fresh node catching up over the network: N-1 validators (a quorum) build a
             history under open-loop load while the last one is not running; then it is
             started with an empty data dir (same command as `testnet up`) and timed until
@@ -19,6 +23,8 @@ sync        a fresh node catching up over the network: N-1 validators (a quorum)
             and the seconds per 10k blocks at the measured block size.
 The defaults run in a few minutes on 2 cores. Bigger settings (minutes to an hour):
     --state-sizes 10000,100000,1000000     --sync-rate 1000 --sync-duration 120
+    --sync-history-blocks 100000 --sync-block-txs 5   (history written in ~5 min, not built
+                                                        under load; then the timed sync)
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from benchmarks.common import (
     stop_on_sigterm,
     write_json,
 )
+from benchmarks.history import History, write_history
 from benchmarks.limit import STAGES, LimitChain, ceiling_tps, validator_keys
 from ledger.codec import encode
 from ledger.crypto import KeyPair, sha256
@@ -57,6 +64,7 @@ from rpc.client import RpcClientError, SyncRpcClient
 from txtypes.balances import balance_key
 
 SYNC_TIMEOUT_S = 600.0
+SYNC_SEGMENT_BLOCKS = 10_000  # a long catch-up's rate is also reported per segment
 
 
 # -- validators -----------------------------------------------------------------------------
@@ -114,6 +122,9 @@ def scale_state(sizes: list[int], txs: int, block_txs: int, validators: int, cor
         seed_started = time.perf_counter()
         chain = _seeded_chain(network.out_dir, accounts, workdir / f"state-{size}.db")
         seed_s = time.perf_counter() - seed_started
+        compact_started = time.perf_counter()
+        chain.store.db.compact_range()
+        compact_s = time.perf_counter() - compact_started
         try:
             raws: list[bytes] = []
             nonces = [0] * len(senders)
@@ -137,12 +148,13 @@ def scale_state(sizes: list[int], txs: int, block_txs: int, validators: int, cor
             shutil.rmtree(workdir / f"state-{size}.db", ignore_errors=True)
         per_tx = {stage: totals[stage] / len(measured) * 1e6 for stage in STAGES}
         total = sum(per_tx.values())
-        rows.append({"accounts": size, "seed_s": round(seed_s, 1), "txs": len(measured),
+        rows.append({"accounts": size, "seed_s": round(seed_s, 1),
+                     "compact_s": round(compact_s, 1), "txs": len(measured),
                      "per_tx_cpu_us": per_tx, "total_cpu_us_per_tx": total,
                      "ceiling_tps": ceiling_tps(total, validators, cores)})
         print(f"  state {size:>9,} accounts: {total:,.0f} CPU us/tx "
               f"(execute {per_tx['execute']:,.0f}, store {per_tx['store']:,.0f}), "
-              f"seeded in {seed_s:.0f} s")
+              f"seeded in {seed_s:.0f} s, compacted in {compact_s:.0f} s")
     return rows
 
 
@@ -161,39 +173,58 @@ QUIET_TIMEOUT_S = 30.0
 
 
 def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
-               workdir: Path, out: Path) -> dict[str, Any]:
+               workdir: Path, out: Path, history_blocks: int = 0,
+               history_block_txs: int = 5) -> dict[str, Any]:
+    """Time a fresh node's catch-up to the others' head.
+
+    The history is built under open-loop load by the running validators, or, with
+    `history_blocks`, written beforehand into their data dirs (benchmarks.history).
+    """
     import cli  # the spawn function `testnet up` uses, so the late node starts the same way
 
     network = Network(workdir / "sync-net", validators)
     network.init()
+    written: History | None = None
+    if history_blocks:
+        written = write_history(network, list(range(validators - 1)), history_blocks,
+                                history_block_txs)
+        print(f"  sync: wrote {written.blocks:,} blocks / {written.txs:,} txs in "
+              f"{written.build_s:.0f} s ({written.data_bytes / 2**20:,.0f} MB, copied in "
+              f"{written.copy_s:.0f} s)", flush=True)
     late_home = network.out_dir / f"node{validators - 1}"
     parked = network.out_dir / f"late-node{validators - 1}"
     late_home.rename(parked)
     late = None
     try:
         network.start(running=validators - 1)
-        workload = build_workload(network.chain_id, network.account("treasury"),
-                                  network.account("civil-registry"),
-                                  int(rate * duration_s) + 100, senders, validators - 1,
-                                  parse_mix("transfer=1"), 0)
         urls = network.rpc_urls[:validators - 1]
-        asyncio.run(cluster.submit_setup(urls, workload))
-        opts = cluster.Options(validators=validators - 1, rate=rate, duration_s=duration_s,
-                               warmup_s=0.0)
-        asyncio.run(cluster.drive_load(network, workload, opts, urls))
+        if written is None:
+            workload = build_workload(network.chain_id, network.account("treasury"),
+                                      network.account("civil-registry"),
+                                      int(rate * duration_s) + 100, senders, validators - 1,
+                                      parse_mix("transfer=1"), 0)
+            asyncio.run(cluster.submit_setup(urls, workload))
+            opts = cluster.Options(validators=validators - 1, rate=rate,
+                                   duration_s=duration_s, warmup_s=0.0)
+            asyncio.run(cluster.drive_load(network, workload, opts, urls))
         _, heads = asyncio.run(cluster.heads_of(urls))
         quiet_wait_s = _wait_quiet(network)
         target = int(heads[0]["height"])
-        txs_total = sum(count for _, count in asyncio.run(cluster._blocks(urls[0], target)))
+        txs_total = (written.txs if written is not None else
+                     sum(count for _, count in asyncio.run(cluster._blocks(urls[0], target))))
         late_url = network.rpc_urls[validators - 1]
         started = time.monotonic()
         late = cli._spawn_node(parked, "json")
         ready_s = connected_s = synced_s = None
         error = None
+        crossed: list[tuple[int, float]] = []  # (height, seconds since start) per segment
+        next_mark = SYNC_SEGMENT_BLOCKS
         # One kept-alive client: a new event loop and connection per poll cost the machine
         # the late node is being measured on several percent of a core.
         with SyncRpcClient(late_url, timeout_s=5) as client:
-            while time.monotonic() - started < SYNC_TIMEOUT_S:
+            # A long written history gets longer: ~20 ms a block is 4x what a sync takes here.
+            timeout_s = max(SYNC_TIMEOUT_S, target * 0.02)
+            while time.monotonic() - started < timeout_s:
                 if late.poll() is not None:
                     error = f"the late node exited with {late.returncode} (see its node.log)"
                     break
@@ -203,10 +234,16 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
                     ready_s = now_s if ready_s is None else ready_s
                     if connected_s is None and status["connected_peers"]:
                         connected_s = now_s
-                    if int(status["height"]) >= target:
+                    height = int(status["height"])
+                    while height >= next_mark <= target:  # progress along the chain
+                        crossed.append((next_mark, now_s))
+                        next_mark += SYNC_SEGMENT_BLOCKS
+                    if height >= target:
                         synced_s = now_s
                         break
                 time.sleep(0.05)
+            if synced_s is None and error is None:
+                error = f"not at the head {target} after {timeout_s:.0f} s"
         same, final_heads = asyncio.run(cluster.heads_of(network.rpc_urls))
     finally:
         if late is not None and late.poll() is None:
@@ -234,7 +271,24 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         "s_per_10k_blocks": catch_up_s / target * 10_000 if catch_up_s and target else None,
         "same_head_after": same, "heads_after": final_heads, "error": error,
         "quiet_wait_s": quiet_wait_s,
+        "s_per_segment": _segment_seconds(crossed, connected_s),
+        "history": "written" if written is not None else "built under load",
+        "history_build_s": written.build_s if written is not None else None,
+        "history_data_mb": written.data_bytes / 2**20 if written is not None else None,
     }
+
+
+def _segment_seconds(crossed: list[tuple[int, float]], connected_s: float | None
+                     ) -> list[dict[str, float]]:
+    """Seconds each SYNC_SEGMENT_BLOCKS of the chain took, from the first connection on."""
+    if connected_s is None:
+        return []
+    out = []
+    previous = connected_s
+    for height, at_s in crossed:
+        out.append({"up_to_height": height, "s": round(at_s - previous, 2)})
+        previous = at_s
+    return out
 
 
 def _wait_quiet(network: Network, per_node_cores: float = QUIET_CORES_PER_NODE,
@@ -267,6 +321,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sync-rate", type=float, default=300.0)
     parser.add_argument("--sync-duration", type=float, default=20.0)
     parser.add_argument("--sync-validators", type=int, default=4)
+    parser.add_argument("--sync-history-blocks", type=int, default=0,
+                        help="write a history of this many blocks beforehand instead of "
+                             "building it under load (benchmarks.history)")
+    parser.add_argument("--sync-block-txs", type=int, default=5,
+                        help="transfers per block of a written history")
     args = parser.parse_args(argv)
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
     out = Path(args.out)
@@ -284,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           args.state_txs, 1000, 4, info["cores"], workdir)
         if "sync" in parts:
             report["sync"] = scale_sync(args.sync_validators, args.sync_rate,
-                                        args.sync_duration, 500, workdir, out)
+                                        args.sync_duration, 500, workdir, out,
+                                        args.sync_history_blocks, args.sync_block_txs)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_report(report)
@@ -324,6 +384,8 @@ def print_report(report: dict[str, Any]) -> None:
             ("blocks/s, verified tx/s", f"{fmt(sync['blocks_per_s'])}, "
                                         f"{fmt(sync['txs_per_s'])}"),
             ("s per 10k blocks (at this block size)", fmt(sync["s_per_10k_blocks"])),
+            ("s per 10k blocks, by part of the chain",
+             ", ".join(fmt(part["s"], 1) for part in sync.get("s_per_segment", [])) or "-"),
             ("same head afterwards", fmt(sync["same_head_after"])),
         ])
 

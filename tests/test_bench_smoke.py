@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cluster, limit
+from benchmarks import cluster, limit, scale
+from benchmarks.common import Network
+from benchmarks.history import write_history
+from ledger.store import BlockStore
+from node import verify_home_chain
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +58,31 @@ def test_limit_catch_up_replays_the_history_to_the_same_head(tmp_path: Path) -> 
     assert synced["ceiling_tps"] <= 1e6 / synced["commit_cpu_us_per_tx"]
     assert synced["as_node_tps"] > 0 and synced["overlapped_tps"] > 0  # same head too
     assert json.loads((tmp_path / "limit.json").read_text())["catch_up"]["blocks"] == 9
+
+
+def test_a_written_history_is_a_valid_certified_chain_on_every_serving_node(
+        tmp_path: Path) -> None:
+    network = Network(tmp_path / "net", 4)
+    network.init()
+    history = write_history(network, [0, 1, 2], blocks=40, block_txs=3, senders=6)
+    assert (history.blocks, history.txs) == (40, 120)
+    reports = [verify_home_chain(network.out_dir / f"node{index}") for index in range(3)]
+    # Every header link, tx root, state root and commit certificate re-checked offline.
+    assert all(report.ok for report in reports), [report.reason for report in reports]
+    assert [report.tip_height for report in reports] == [40, 40, 40]
+    tips = set()
+    for index in range(3):
+        store = BlockStore.open(network.out_dir / f"node{index}" / "data" / "ledger.db")
+        tips.add(store.tip())
+        store.close()
+    assert len(tips) == 1
+    assert not (network.out_dir / "node3" / "data").exists()  # the late node starts empty
+
+
+def test_a_fresh_node_syncs_a_written_history_from_running_validators(tmp_path: Path) -> None:
+    sync = scale.scale_sync(4, rate=0.0, duration_s=0.0, senders=0, workdir=tmp_path,
+                            out=tmp_path / "out", history_blocks=120, history_block_txs=2)
+    assert sync["error"] is None and sync["synced"] is True
+    assert (sync["history_blocks"], sync["history_txs"]) == (120, 240)
+    assert sync["same_head_after"] is True
+    assert sync["txs_per_s"] > 0

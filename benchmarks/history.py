@@ -1,0 +1,97 @@
+"""A long certified history written straight into validators' data dirs.
+
+    python -m benchmarks.scale --parts sync --sync-history-blocks 100000 --sync-block-txs 5
+
+Building 100k blocks through a running cluster takes about an hour here (a few dozen
+blocks/s at low load); the fresh-node sync that the issue times does not care how the
+history was made, only that it is a valid chain with commit certificates. So one process
+runs the real ledger (benchmarks.limit's LimitChain: genesis from the network's
+genesis.json, the real rule modules, `Chain.build` and `Chain.commit`) over pre-signed
+token transfers, certifies each block with a quorum of the validators' own keys (view 0,
+sequence = height, the signing domain of epoch 0: what their replicas would have
+signed), and copies the finished data dir to every serving validator. Nodes started on
+those dirs restore at that height and serve it to a node that starts empty.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+
+from benchmarks.common import Network, build_workload, parse_mix
+from benchmarks.limit import LimitChain, validator_keys
+from ledger.tx import Tx, TxError, decode_tx
+
+# Durability every this many blocks: the history is thrown away if writing it fails, so
+# one fsync per block (~4 ms here) would only make it slower to build.
+SYNC_EVERY_BLOCKS = 1000
+HISTORY_BLOCK_SPACING_MS = 20
+
+
+@dataclass(frozen=True)
+class History:
+    blocks: int
+    txs: int
+    build_s: float
+    copy_s: float
+    data_bytes: int
+
+
+def _decoded(raws: list[bytes]) -> list[Tx]:
+    """Txs this process just signed: decoded, not re-verified (the late node verifies)."""
+    txs = []
+    for raw in raws:
+        tx = decode_tx(raw)
+        if isinstance(tx, TxError):
+            raise SystemExit(f"history transaction does not decode: {tx}")
+        txs.append(tx)
+    return txs
+
+
+def write_history(network: Network, serving: list[int], blocks: int, block_txs: int,
+                  senders: int = 200) -> History:
+    """Write `blocks` certified blocks of `block_txs` transfers to the `serving` nodes."""
+    if blocks < 1 or block_txs < 1 or not serving:
+        raise ValueError("a history needs blocks >= 1, block_txs >= 1 and a serving node")
+    started = time.perf_counter()
+    homes = [network.out_dir / f"node{index}" for index in serving]
+    keys = validator_keys(network.out_dir)  # before any node dir is parked
+    data = homes[0] / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    chain = LimitChain(network.genesis_path, keys, data / "ledger.db")
+    senders = max(1, min(senders, blocks * block_txs))
+    setup_txs = 1 + senders  # the class, one issue per sender
+    transfers = max(0, blocks * block_txs - setup_txs)
+    workload = build_workload(network.chain_id, network.account("treasury"),
+                              network.account("civil-registry"), transfers, senders, 1,
+                              parse_mix("transfer=1"), 0)
+    raws = [raw for phase in workload.setup for raw in phase] + workload.lanes[0]
+    # Timestamps that end about now, so nodes that go on from this history see time go on.
+    clock_ms = int(time.time() * 1000) - blocks * HISTORY_BLOCK_SPACING_MS
+    proposer = chain.validators[0]  # the primary of view 0
+    txs_total = 0
+    try:
+        for height in range(1, blocks + 1):
+            part = raws[(height - 1) * block_txs:height * block_txs]
+            clock_ms += HISTORY_BLOCK_SPACING_MS
+            speculation = chain.chain.build(0, proposer, _decoded(part), clock_ms)
+            refused = [r for r in speculation.result.receipts if not r.ok]
+            if refused:
+                raise SystemExit(f"history tx refused at height {height}: {refused[0].code} "
+                                 f"{refused[0].reason}")
+            cert = chain.certificate(height, speculation.block.hash)
+            chain.chain.commit(speculation, cert, sync=height % SYNC_EVERY_BLOCKS == 0)
+            txs_total += len(part)
+        chain.store.sync()
+    finally:
+        chain.close()
+    built_s = time.perf_counter() - started
+    copied = time.perf_counter()
+    for home in homes[1:]:
+        target = home / "data"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(data, target)
+    data_bytes = sum(path.stat().st_size for path in data.rglob("*") if path.is_file())
+    return History(blocks, txs_total, built_s, time.perf_counter() - copied, data_bytes)
