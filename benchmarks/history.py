@@ -9,8 +9,10 @@ runs the real ledger (benchmarks.limit's LimitChain: genesis from the network's
 genesis.json, the real rule modules, `Chain.build` and `Chain.commit`) over pre-signed
 token transfers, certifies each block with a quorum of the validators' own keys (view 0,
 sequence = height, the signing domain of epoch 0: what their replicas would have
-signed), and copies the finished data dir to every serving validator. Nodes started on
-those dirs restore at that height and serve it to a node that starts empty.
+signed), records the stable checkpoint a live network would have agreed on at its last
+checkpoint seq (signed by the same quorum), and copies the finished data dir to every
+serving validator. Nodes started on those dirs restore at that height, with their
+watermarks at that checkpoint, and serve it to a node that starts empty.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from dataclasses import dataclass
 
 from benchmarks.common import Network, build_workload, parse_mix
 from benchmarks.limit import LimitChain, validator_keys
+from consensus.messages import Checkpoint, CheckpointProof, signed_bytes
+from consensus.records import ExecutedRecord, StableRecord, encode_record
+from ledger.crypto import KeyPair
+from ledger.record_log import RecordLog
 from ledger.tx import Tx, TxError, decode_tx
 
 # Durability every this many blocks: the history is thrown away if writing it fails, so
@@ -49,6 +55,25 @@ def _decoded(raws: list[bytes]) -> list[Tx]:
     return txs
 
 
+# Where a validator of the genesis epoch keeps its consensus records (node._records_prefix).
+EPOCH0_RECORDS_PREFIX = b"cons/rec/"
+
+
+def stable_checkpoint(chain_id: str, seq: int, block_hash: bytes, validators: list[bytes],
+                      keys: dict[bytes, KeyPair]) -> CheckpointProof:
+    """A quorum's signed checkpoints of `seq`, whose state digest is the block hash there."""
+    quorum = len(validators) - (len(validators) - 1) // 3
+    signers = [index for index, key in enumerate(validators) if key in keys][:quorum]
+    if len(signers) < quorum:
+        raise ValueError("not enough validator keys to sign a checkpoint quorum")
+    checkpoints = []
+    for index in signers:
+        unsigned = Checkpoint(seq, block_hash, index, bytes(64))
+        signature = keys[validators[index]].sign(signed_bytes(unsigned, chain_id))
+        checkpoints.append(Checkpoint(seq, block_hash, index, signature))
+    return CheckpointProof(seq, block_hash, tuple(checkpoints))
+
+
 def write_history(network: Network, serving: list[int], blocks: int, block_txs: int,
                   senders: int = 200) -> History:
     """Write `blocks` certified blocks of `block_txs` transfers to the `serving` nodes."""
@@ -71,6 +96,8 @@ def write_history(network: Network, serving: list[int], blocks: int, block_txs: 
     clock_ms = int(time.time() * 1000) - blocks * HISTORY_BLOCK_SPACING_MS
     proposer = chain.validators[0]  # the primary of view 0
     txs_total = 0
+    interval = chain.genesis.consensus.checkpoint_interval_blocks
+    last_checkpoint: tuple[int, bytes] | None = None
     try:
         for height in range(1, blocks + 1):
             part = raws[(height - 1) * block_txs:height * block_txs]
@@ -83,6 +110,15 @@ def write_history(network: Network, serving: list[int], blocks: int, block_txs: 
             cert = chain.certificate(height, speculation.block.hash)
             chain.chain.commit(speculation, cert, sync=height % SYNC_EVERY_BLOCKS == 0)
             txs_total += len(part)
+            if height % interval == 0:
+                last_checkpoint = (height, speculation.block.hash)
+        if last_checkpoint is not None:
+            seq, block_hash = last_checkpoint
+            proof = stable_checkpoint(network.chain_id, seq, block_hash, chain.validators,
+                                      chain.keys)
+            RecordLog(chain.store.db, EPOCH0_RECORDS_PREFIX).replace(
+                [encode_record(ExecutedRecord(seq, block_hash)),
+                 encode_record(StableRecord(proof))])
         chain.store.sync()
     finally:
         chain.close()

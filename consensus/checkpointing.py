@@ -39,6 +39,11 @@ class Checkpointing(ReplicaBase):
             return
         self.last_executed = event.seq
         self.last_state_digest = event.state_digest
+        if event.seq <= self.low_seq:
+            # Garbage the moment it is executed: a catching-up node learns the stable
+            # checkpoint first and may then execute thousands of seqs below it while no new
+            # checkpoint comes to collect them.
+            self.slots.pop(event.seq, None)
         if event.seq == self.low_seq:
             invariant(event.state_digest == self.stable_proof.state_digest,
                       f"state at seq {event.seq} diverges from the stable checkpoint: halting")

@@ -195,3 +195,28 @@ def test_a_replica_catching_up_is_handed_the_stable_checkpoint_and_votes_again()
     assert any(isinstance(a, Send) and isinstance(a.message, Prepare) and a.message.seq == 7
                for lst in cluster.nodes[3].action_lists for a in lst)
     assert len(cluster.digests(3)) == 7
+
+
+def test_a_replica_that_caught_up_holds_no_slots_below_its_stable_checkpoint() -> None:
+    # A node joining a long, now quiet chain learns the network's stable checkpoint first,
+    # then executes thousands of fetched seqs below it; no new checkpoint comes to collect
+    # them. Holding every one (payload and certificate) grew a syncing node's memory and
+    # made each replica step scan them all (100k blocks: +250 MB, the loop thread 73% in
+    # that scan).
+    cluster = Cluster(checkpoint_interval_seqs=4, watermark_window_seqs=8, fetch_seqs_max=4)
+    cluster.crash(3)
+    for number in range(40):
+        cluster.submit(number, to=[0, 1, 2])
+        cluster.run()
+    cluster.restart(3)
+    cluster.submit(40)
+    cluster.run()
+    cluster.fire(PROGRESS_TIMER, [3])
+    cluster.run()
+    lagger = cluster.replica(3)
+    assert lagger.low_seq == 40 and lagger.last_executed < 40  # learnt before it executed
+    for _ in range(20):  # a fetch of 4 seqs per round
+        cluster.fire(FETCH_TIMER, [3])
+        cluster.run()
+    assert cluster.digests(3) == cluster.digests(0) and len(cluster.digests(3)) == 41
+    assert sorted(lagger.slots) == [41]
