@@ -157,6 +157,17 @@ def genesis_init(out_dir: Path, validators: int, chain_id: str) -> dict[str, Any
     return answer
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size of process `pid` (Linux VmHWM; current RSS elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float(psutil.Process(pid).memory_info().rss / 2**20)
+    except (OSError, psutil.Error):
+        return float("nan")
+
+
 @dataclass
 class Network:
     """A network directory made by `genesis init` and run by `testnet up`."""
@@ -265,19 +276,7 @@ class Network:
 
     def node_peak_rss_mb(self) -> list[float]:
         """Peak resident set size per node (Linux VmHWM; current RSS elsewhere)."""
-        peaks = []
-        for proc in self.nodes:
-            peak = None
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = int(line.split()[1]) / 1024
-                if peak is None:
-                    peak = proc.memory_info().rss / 2**20
-            except (OSError, psutil.Error):
-                peak = float("nan")
-            peaks.append(peak)
-        return peaks
+        return [peak_rss_mb(proc.pid) for proc in self.nodes]
 
     def stop(self) -> None:
         """SIGTERM through `testnet up` (it stops its nodes); then make sure of each node."""

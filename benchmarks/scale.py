@@ -48,6 +48,7 @@ from benchmarks.common import (
     fmt,
     machine,
     parse_mix,
+    peak_rss_mb,
     print_table,
     stop_on_sigterm,
     write_json,
@@ -244,6 +245,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
                 time.sleep(0.05)
             if synced_s is None and error is None:
                 error = f"not at the head {target} after {timeout_s:.0f} s"
+        late_peak_rss_mb = peak_rss_mb(late.pid)
         same, final_heads = asyncio.run(cluster.heads_of(network.rpc_urls))
     finally:
         if late is not None and late.poll() is None:
@@ -272,6 +274,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         "same_head_after": same, "heads_after": final_heads, "error": error,
         "quiet_wait_s": quiet_wait_s,
         "s_per_segment": _segment_seconds(crossed, connected_s),
+        "late_node_peak_rss_mb": late_peak_rss_mb,
         "history": "written" if written is not None else "built under load",
         "history_build_s": written.build_s if written is not None else None,
         "history_data_mb": written.data_bytes / 2**20 if written is not None else None,
@@ -387,6 +390,7 @@ def print_report(report: dict[str, Any]) -> None:
             ("s per 10k blocks, by part of the chain",
              ", ".join(fmt(part["s"], 1) for part in sync.get("s_per_segment", [])) or "-"),
             ("same head afterwards", fmt(sync["same_head_after"])),
+            ("peak RSS of the synced node, MB", fmt(sync.get("late_node_peak_rss_mb"))),
         ])
 
 

@@ -99,3 +99,4 @@ def test_a_fresh_node_syncs_a_written_history_from_running_validators(tmp_path: 
     assert (sync["history_blocks"], sync["history_txs"]) == (120, 240)
     assert sync["same_head_after"] is True
     assert sync["txs_per_s"] > 0
+    assert 0 < sync["late_node_peak_rss_mb"] < 1000
