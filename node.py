@@ -1001,6 +1001,7 @@ class Node:
             raise MessageError("fetched frame needs a list")
         last = 0
         issued_before = self._issued_seq()
+        fed: list[tuple[int, bytes]] = []
         for item in items[:FETCH_SEQS_MAX]:
             if not isinstance(item, dict) or not isinstance(item.get("payload"), bytes) \
                     or type(item.get("seq")) is not int:
@@ -1011,7 +1012,10 @@ class Node:
                     return
             else:
                 self.feed(CommittedFetched(item["seq"], item["payload"], proof))
+                fed.append((item["seq"], item["payload"]))
             last = max(last, item["seq"])
+        if fed:
+            self._preverify(fed)
         # Ask for the next range at once instead of at the next tip announcement, so a
         # long catch-up streams (the replica takes up to fetch_seqs_max ahead of execution).
         # Only a peer whose answer moved us on is asked again: several peers are asked for
@@ -1020,6 +1024,25 @@ class Node:
         if last and advanced:
             self._stream_peer = peer
             self._continue_fetch()
+
+    def _preverify(self, fed: list[tuple[int, bytes]]) -> None:
+        """Start checking the signatures of fetched blocks a quorum certified, on the pool,
+        while earlier runs execute on this thread: their run finds them checked."""
+        if self.replica is None:
+            return
+        raws: list[bytes] = []
+        for seq, payload in fed:
+            slot = self.replica.slots.get(seq)
+            if seq <= self.executed_seq or slot is None or slot.committed is None \
+                    or slot.payload != payload:
+                continue  # not taken by the replica (old, or no valid certificate)
+            block = self._block_of(payload)
+            if block is not None:
+                raws.extend(block.txs)
+        if raws:
+            task = asyncio.get_running_loop().create_task(self.verifier.verify_many(raws))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _continue_fetch(self) -> None:
         """Ask the streaming peer for the next range, unless execution is far behind.
