@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.crypto import KeyPair, sha256
 from ledger.network_setup import init_network
-from ledger.tx import sign_tx
+from ledger.tx import Tx, sign_tx
 from node import FETCH_AHEAD_SEQS_MAX, FETCH_SEQS_MAX, Node
 
 HISTORY_SEQS = FETCH_AHEAD_SEQS_MAX + 2 * FETCH_SEQS_MAX
@@ -54,13 +54,27 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node, list[KeyPair]]]:
             made.store.close()
 
 
-def commit_history(source: Node, keys: list[KeyPair], count: int) -> None:
+def commit_history(source: Node, keys: list[KeyPair], count: int,
+                   txs_of: Callable[[int], list[Tx]] = lambda seq: []) -> None:
+    """`count` certified blocks (empty unless `txs_of(seq)` gives their txs)."""
     domain = source.epochs.current.domain(source.chain_id)
     for seq in range(1, count + 1):
-        spec = source.chain.build(0, source.key.public_key, [], int(time.time() * 1000))
+        spec = source.chain.build(0, source.key.public_key, txs_of(seq),
+                                  int(time.time() * 1000))
         vote = commit_vote_bytes(domain, 0, seq, spec.block.hash)
         signatures = tuple(sorted((k.public_key, k.sign(vote)) for k in keys[:3]))
         source.chain.commit(spec, CommitCertificate(seq, 0, spec.block.hash, signatures))
+
+
+async def execute_until(node: Node, seq: int, timeout_s: float = 30) -> None:
+    """Run the node's job worker until it has executed `seq` (or the timeout passes)."""
+    worker = asyncio.create_task(node._job_worker())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while node.executed_seq < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
 
 
 def answer(source: Node, first: int, last: int) -> list[dict[str, Any]]:
@@ -102,13 +116,7 @@ def test_each_range_is_streamed_from_one_peer_and_at_most_the_ahead_limit_waits(
         lagging._on_peer_tip(first_peer, HISTORY_SEQS)  # a tip does not bypass the limit
         assert len(peers.fetches_to(first_peer)) == asked
         # Executing what waits resumes the stream where it stopped.
-        worker = asyncio.create_task(lagging._job_worker())
-        try:
-            deadline = time.monotonic() + 30
-            while lagging.executed_seq < FETCH_AHEAD_SEQS_MAX and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        finally:
-            worker.cancel()
+        await execute_until(lagging, FETCH_AHEAD_SEQS_MAX)
         assert lagging.executed_seq == FETCH_AHEAD_SEQS_MAX
         assert peers.fetches_to(first_peer)[-1][0] == FETCH_AHEAD_SEQS_MAX + 1
 
@@ -161,13 +169,7 @@ def test_a_block_validated_here_is_committed_from_that_validation_not_run_again(
         lagging._peer_seq[peer] = 3
         lagging._on_fetched(peer, items)
         assert lagging._jobs.qsize() == 3
-        worker = asyncio.create_task(lagging._job_worker())
-        try:
-            deadline = time.monotonic() + 30
-            while lagging.executed_seq < 3 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        finally:
-            worker.cancel()
+        await execute_until(lagging, 3)
 
     asyncio.run(scenario())
     assert lagging.executed_seq == 3
@@ -181,15 +183,13 @@ def test_fetched_blocks_are_signature_checked_before_their_run_and_only_once(
     # runs execute on the loop thread (a 20k-block sync: +7-21% in three pairs); a range
     # whose certificate fails is not checked at all.
     source, lagging, keys = nodes
-    domain = source.epochs.current.domain(source.chain_id)
-    for seq in (1, 2):
-        txs = [sign_tx(KeyPair(sha256(f"sender {seq} {i}".encode())), source.chain_id,
-                       "tokens", "transfer", 0, {"class_id": "none", "to": "ab" * 20,
-                                                 "amount": 1}) for i in range(3)]
-        spec = source.chain.build(0, source.key.public_key, txs, int(time.time() * 1000))
-        vote = commit_vote_bytes(domain, 0, seq, spec.block.hash)
-        signatures = tuple(sorted((k.public_key, k.sign(vote)) for k in keys[:3]))
-        source.chain.commit(spec, CommitCertificate(seq, 0, spec.block.hash, signatures))
+
+    def transfers(seq: int) -> list[Tx]:
+        return [sign_tx(KeyPair(sha256(f"sender {seq} {i}".encode())), source.chain_id,
+                        "tokens", "transfer", 0, {"class_id": "none", "to": "ab" * 20,
+                                                  "amount": 1}) for i in range(3)]
+
+    commit_history(source, keys, 2, transfers)
     lagging.p2p = RecordingPeers()  # type: ignore[assignment]
     peer = keys[2].public_key
 
@@ -208,13 +208,7 @@ def test_fetched_blocks_are_signature_checked_before_their_run_and_only_once(
         lagging._on_fetched(peer, items)
         await settle()
         assert lagging.verifier.checked == 6 and lagging.executed_seq == 0
-        worker = asyncio.create_task(lagging._job_worker())
-        try:
-            deadline = time.monotonic() + 30
-            while lagging.executed_seq < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        finally:
-            worker.cancel()
+        await execute_until(lagging, 2)
 
     asyncio.run(scenario())
     assert lagging.executed_seq == 2 and lagging.verifier.checked == 6
