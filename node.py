@@ -235,7 +235,7 @@ class Node:
                                                      nonce_ahead_max=1000),
             MempoolLimits(txs_max=self.config.mempool_txs_max),
         )
-        self.records = RecordLog(self.store.db, _records_prefix(self.epochs.current.number))
+        self.records = RecordLog(self.store.db, records_prefix(self.epochs.current.number))
         # One thread, so record batches are durable in the order they were started.
         self._record_writer = ThreadPoolExecutor(1, thread_name_prefix="record-writer")
         self._held: deque[Action] = deque()  # actions waiting for a record write
@@ -243,7 +243,7 @@ class Node:
         self.sequences = CommittedSequences(self.store, self.genesis.hash)
         self._finish_epoch_switch()
         for retired in self.epochs.all()[:-1]:  # a retired set's votes are never needed again
-            old_log = RecordLog(self.store.db, _records_prefix(retired.number))
+            old_log = RecordLog(self.store.db, records_prefix(retired.number))
             if len(old_log):
                 old_log.replace([])
         self.replica: Replica | None = self._restore_replica()
@@ -311,7 +311,7 @@ class Node:
         if epoch is not None:
             self.epochs.record(epoch)
             self._adopt_validators(epoch)
-            self.records = RecordLog(self.store.db, _records_prefix(epoch.number))
+            self.records = RecordLog(self.store.db, records_prefix(epoch.number))
             log.warning("validator set of epoch %d takes over from seq %d", epoch.number,
                         epoch.first_seq)
 
@@ -378,7 +378,7 @@ class Node:
         self._withdrawn.clear()
         self.speculations.clear()
         self._epoch_switches += 1
-        self.records = RecordLog(self.store.db, _records_prefix(epoch.number))
+        self.records = RecordLog(self.store.db, records_prefix(epoch.number))
         self.replica = self._restore_replica()
         if self.p2p is not None:
             self.p2p.set_validators({v.public_key_bytes: v.p2p_address for v in epoch.validators})
@@ -1165,7 +1165,7 @@ def settle_heap() -> int:
     return gc.get_freeze_count()
 
 
-def _records_prefix(epoch: int) -> bytes:
+def records_prefix(epoch: int) -> bytes:
     """Each epoch's replica persists under its own prefix: a new set starts with none."""
     return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
 

@@ -28,6 +28,7 @@ from consensus.records import ExecutedRecord, StableRecord, encode_record
 from ledger.crypto import KeyPair
 from ledger.record_log import RecordLog
 from ledger.tx import Tx, TxError, decode_tx
+from node import records_prefix
 
 # Durability every this many blocks: the history is thrown away if writing it fails, so
 # one fsync per block (~4 ms here) would only make it slower to build.
@@ -53,10 +54,6 @@ def _decoded(raws: list[bytes]) -> list[Tx]:
             raise SystemExit(f"history transaction does not decode: {tx}")
         txs.append(tx)
     return txs
-
-
-# Where a validator of the genesis epoch keeps its consensus records (node._records_prefix).
-EPOCH0_RECORDS_PREFIX = b"cons/rec/"
 
 
 def stable_checkpoint(chain_id: str, seq: int, block_hash: bytes, validators: list[bytes],
@@ -116,7 +113,7 @@ def write_history(network: Network, serving: list[int], blocks: int, block_txs: 
             seq, block_hash = last_checkpoint
             proof = stable_checkpoint(network.chain_id, seq, block_hash, chain.validators,
                                       chain.keys)
-            RecordLog(chain.store.db, EPOCH0_RECORDS_PREFIX).replace(
+            RecordLog(chain.store.db, records_prefix(0)).replace(
                 [encode_record(ExecutedRecord(seq, block_hash)),
                  encode_record(StableRecord(proof))])
         chain.store.sync()

@@ -12,13 +12,18 @@ from ledger.crypto import sha256
 from tests.consensus.cluster import Cluster, request
 
 
-def test_a_replica_that_missed_blocks_fetches_them_with_certificates_and_executes() -> None:
-    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=4)
+def commit_without_replica_3(cluster: Cluster, requests: int) -> None:
+    """Replica 3 is down while the others commit `requests` requests; then it restarts."""
     cluster.crash(3)
-    for number in range(6):
+    for number in range(requests):
         cluster.submit(number, to=[0, 1, 2])
         cluster.run()
     cluster.restart(3)
+
+
+def test_a_replica_that_missed_blocks_fetches_them_with_certificates_and_executes() -> None:
+    cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=4)
+    commit_without_replica_3(cluster, 6)
     cluster.submit(6)
     cluster.run()
     # Replica 3 sees only messages above its watermarks; with work pending and no
@@ -34,11 +39,7 @@ def test_a_replica_that_missed_blocks_fetches_them_with_certificates_and_execute
 
 def test_far_behind_replica_fetches_at_once_beyond_its_watermarks() -> None:
     cluster = Cluster(checkpoint_interval_seqs=2, watermark_window_seqs=2)
-    cluster.crash(3)
-    for number in range(8):
-        cluster.submit(number, to=[0, 1, 2])
-        cluster.run()
-    cluster.restart(3)
+    commit_without_replica_3(cluster, 8)
     cluster.submit(8)
     cluster.run()
     cluster.fire(PROGRESS_TIMER, [3])
@@ -49,11 +50,7 @@ def test_far_behind_replica_fetches_at_once_beyond_its_watermarks() -> None:
 
 def test_an_idle_cluster_still_tells_a_lagging_replica_how_far_it_got() -> None:
     cluster = Cluster(checkpoint_interval_seqs=8, watermark_window_seqs=16)
-    cluster.crash(3)
-    for number in range(3):
-        cluster.submit(number, to=[0, 1, 2])
-        cluster.run()
-    cluster.restart(3)
+    commit_without_replica_3(cluster, 3)
     cluster.submit(0, to=[3])  # replica 3 thinks request 0 is still pending
     cluster.fire(PROGRESS_TIMER, [3])  # no progress: it asks for a view change ...
     cluster.run()  # ... and the others answer with a signed status checkpoint
@@ -139,11 +136,7 @@ def test_conflicting_commits_and_checkpoints_are_evidence_but_unsigned_ones_are_
 
 def test_a_restarted_replica_fills_the_gap_below_a_commit_certificate_without_a_view_change() -> None:
     cluster = Cluster(checkpoint_interval_seqs=8, watermark_window_seqs=16)
-    cluster.crash(3)
-    for number in range(2):
-        cluster.submit(number, to=[0, 1, 2])
-        cluster.run()
-    cluster.restart(3)
+    commit_without_replica_3(cluster, 2)
     cluster.submit(2)
     cluster.run()  # replica 3 takes part in seq 3 and holds its certificate, but not 1..2
     assert cluster.nodes[3].executed == []
@@ -204,11 +197,7 @@ def test_a_replica_that_caught_up_holds_no_slots_below_its_stable_checkpoint() -
     # made each replica step scan them all (100k blocks: +250 MB, the loop thread 73% in
     # that scan).
     cluster = Cluster(checkpoint_interval_seqs=4, watermark_window_seqs=8, fetch_seqs_max=4)
-    cluster.crash(3)
-    for number in range(40):
-        cluster.submit(number, to=[0, 1, 2])
-        cluster.run()
-    cluster.restart(3)
+    commit_without_replica_3(cluster, 40)
     cluster.submit(40)
     cluster.run()
     cluster.fire(PROGRESS_TIMER, [3])
