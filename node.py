@@ -92,6 +92,7 @@ TICK_MS = 10
 FORWARD_BATCH_TXS_MAX = 1000
 FETCH_SEQS_MAX = 32
 RUN_BLOCKS_MAX = 64  # committed blocks executed back to back with one fsync
+RUN_SLICE_TXS = 128  # a run yields to the event loop after about this many txs
 FETCH_AHEAD_SEQS_MAX = 3 * FETCH_SEQS_MAX  # fetched seqs waiting for execution, at most
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 TIP_INTERVAL_S = 1.0
@@ -881,7 +882,19 @@ class Node:
             cert = CommitCertificate(action.seq, action.certificate.view, action.digest,
                                      action.certificate.signatures)
             items.append((block, cert, [tx for tx in part if isinstance(tx, Tx)]))
-        committed, rejected = self.chain.commit_certified_run(items)
+        committed: list[Speculation] = []
+        rejected: ProposalRejected | None = None
+        for part in _slices_of_txs(items, RUN_SLICE_TXS):
+            done, rejected = self.chain.commit_certified_run(part, sync=False)
+            committed.extend(done)
+            if rejected is not None:
+                break
+            # Let the loop read the next fetched range and hand its txs to the verify pool
+            # while this run goes on: a run holds the loop for ~20 ms per 100 txs, and a
+            # fetched range arrives in many reads, each one a loop iteration.
+            await asyncio.sleep(0)
+        if committed:
+            self.store.sync()
         for speculation in committed:
             self._after_commit(speculation)
         for action, speculation in zip(run, committed, strict=False):
@@ -1168,6 +1181,20 @@ def settle_heap() -> int:
 def records_prefix(epoch: int) -> bytes:
     """Each epoch's replica persists under its own prefix: a new set starts with none."""
     return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
+
+
+def _slices_of_txs(items: list[tuple[Block, CommitCertificate, list[Tx]]],
+                   txs_max: int) -> list[list[tuple[Block, CommitCertificate, list[Tx]]]]:
+    """Consecutive slices of `items`, each closed once it holds txs_max txs or more."""
+    slices: list[list[tuple[Block, CommitCertificate, list[Tx]]]] = [[]]
+    txs = 0
+    for item in items:
+        if txs >= txs_max:
+            slices.append([])
+            txs = 0
+        slices[-1].append(item)
+        txs += len(item[2])
+    return slices
 
 
 def _now_ms() -> int:

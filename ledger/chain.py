@@ -177,7 +177,8 @@ class Chain:
         self.state.apply_prepared(speculation.prepared)
 
     def commit_certified_run(
-        self, run: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]],
+        self, run: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]], *,
+        sync: bool = True,
     ) -> tuple[list[Speculation], ProposalRejected | None]:
         """Catch-up: validate, execute and commit consecutive certified blocks, one fsync.
 
@@ -186,7 +187,8 @@ class Chain:
         Headers and hash links are checked here, block by block, before each is written;
         every block is one atomic batch, and the run is made durable by one sync at the
         end. Stops at the first invalid block and returns the committed prefix (durable
-        too) with the reason.
+        too) with the reason. With `sync=False` the caller makes the prefix durable with
+        `store.sync()` (several slices of one run, one fsync).
         """
         committed: list[Speculation] = []
         rejected: ProposalRejected | None = None
@@ -199,7 +201,7 @@ class Chain:
                 committed.append(speculation)
         except ProposalRejected as exc:
             rejected = exc
-        if committed:
+        if committed and sync:
             self.store.sync()
         return committed, rejected
 
