@@ -100,6 +100,9 @@ STARTUP_GRACE_S = 2.5 * TIP_INTERVAL_S  # long enough to hear every peer's tip
 VIEW_TIMERS = frozenset({PROGRESS_TIMER, REQUEST_TIMER})
 TIMER_HOLD_MAX_S = 8.0
 CATCH_UP_INTERVAL_S = 0.5
+# While a catch-up stream's last request is younger than this, peers' tip announcements
+# ask for nothing: each such ask fetched the range the stream had just asked for again.
+STREAM_ANSWER_WAIT_S = 2.0
 PROPOSAL_BYTES_MAX = 1536 * 1024  # under consensus.messages.PAYLOAD_BYTES_MAX
 EVIDENCE_KEPT_MAX = 64
 # Young-generation collections every 20,000 allocations instead of 700 (a block's
@@ -264,6 +267,7 @@ class Node:
         self._peer_seq: dict[bytes, int] = {}
         self._last_catch_up_s = 0.0
         self._stream_peer: bytes | None = None  # whose catch-up stream waits for execution
+        self._stream_asked_s = -STREAM_ANSWER_WAIT_S  # when the stream last asked a peer
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._forward: list[bytes] = []
         self._jobs: asyncio.Queue[Action] = asyncio.Queue()
@@ -999,6 +1003,7 @@ class Node:
         now = time.monotonic()
         issued = self._issued_seq()
         if seq > issued and now - self._last_catch_up_s >= CATCH_UP_INTERVAL_S \
+                and now - self._stream_asked_s >= STREAM_ANSWER_WAIT_S \
                 and issued - self.executed_seq < FETCH_AHEAD_SEQS_MAX and self.p2p is not None:
             self._last_catch_up_s = now
             first = issued + 1  # what is fetched but still executing is not asked again
@@ -1071,6 +1076,7 @@ class Node:
             return  # resumed by the job worker
         self._stream_peer = None
         if self._peer_seq.get(peer, 0) >= first:
+            self._stream_asked_s = time.monotonic()
             self.p2p.send(peer, {"k": "fetch", "from": first,
                                  "to": min(self._peer_seq[peer], first + FETCH_SEQS_MAX - 1)})
 

@@ -219,6 +219,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         ready_s = connected_s = synced_s = None
         error = None
         crossed: list[tuple[int, float]] = []  # (height, seconds since start) per segment
+        received_mb: float | None = None
         next_mark = SYNC_SEGMENT_BLOCKS
         # One kept-alive client: a new event loop and connection per poll cost the machine
         # the late node is being measured on several percent of a core.
@@ -239,6 +240,8 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
                     while height >= next_mark <= target:  # progress along the chain
                         crossed.append((next_mark, now_s))
                         next_mark += SYNC_SEGMENT_BLOCKS
+                    # Bytes the late node took in: a range fetched twice shows up here.
+                    received_mb = status.get("p2p", {}).get("bytes_received", 0) / 2**20
                     if height >= target:
                         synced_s = now_s
                         break
@@ -275,6 +278,7 @@ def scale_sync(validators: int, rate: float, duration_s: float, senders: int,
         "quiet_wait_s": quiet_wait_s,
         "s_per_segment": _segment_seconds(crossed, connected_s),
         "late_node_peak_rss_mb": late_peak_rss_mb,
+        "late_node_received_mb": received_mb,
         "history": "written" if written is not None else "built under load",
         "history_build_s": written.build_s if written is not None else None,
         "history_data_mb": written.data_bytes / 2**20 if written is not None else None,
@@ -391,6 +395,7 @@ def print_report(report: dict[str, Any]) -> None:
              ", ".join(fmt(part["s"], 1) for part in sync.get("s_per_segment", [])) or "-"),
             ("same head afterwards", fmt(sync["same_head_after"])),
             ("peak RSS of the synced node, MB", fmt(sync.get("late_node_peak_rss_mb"))),
+            ("MB the synced node received (all peers)", fmt(sync.get("late_node_received_mb"))),
         ])
 
 

@@ -19,7 +19,7 @@ from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.crypto import KeyPair, sha256
 from ledger.network_setup import init_network
 from ledger.tx import Tx, sign_tx
-from node import FETCH_AHEAD_SEQS_MAX, FETCH_SEQS_MAX, Node
+from node import FETCH_AHEAD_SEQS_MAX, FETCH_SEQS_MAX, STREAM_ANSWER_WAIT_S, Node
 
 HISTORY_SEQS = FETCH_AHEAD_SEQS_MAX + 2 * FETCH_SEQS_MAX
 
@@ -254,3 +254,28 @@ def test_a_long_run_lets_the_loop_read_between_its_slices(
     # the whole run was durable (Executed is reported only then).
     assert (2, 0) in seen and (4, 0) in seen
     assert {executed for _, executed in seen} <= {0, blocks}
+
+
+def test_tips_ask_for_nothing_while_the_stream_waits_for_its_answer(
+        nodes: tuple[Node, Node, list[KeyPair]]) -> None:
+    # Each peer's tip announcement (every second) asked for the range the stream had just
+    # asked for: a 2,000-block sync received some ranges three and four times.
+    source, lagging, keys = nodes
+    commit_history(source, keys, 2 * FETCH_SEQS_MAX)
+    streaming, other = keys[2].public_key, keys[3].public_key
+    peers = RecordingPeers()
+    lagging.p2p = peers  # type: ignore[assignment]
+    rest = (FETCH_SEQS_MAX + 1, 2 * FETCH_SEQS_MAX)
+
+    async def scenario() -> None:
+        lagging._peer_seq[streaming] = 2 * FETCH_SEQS_MAX
+        lagging._on_fetched(streaming, answer(source, 1, FETCH_SEQS_MAX))
+        assert peers.fetches_to(streaming) == [rest]
+        lagging._on_peer_tip(other, 2 * FETCH_SEQS_MAX)
+        assert peers.fetches_to(other) == []
+        # A stream whose answer does not come gives way: the next tip asks again.
+        lagging._stream_asked_s -= STREAM_ANSWER_WAIT_S
+        lagging._on_peer_tip(other, 2 * FETCH_SEQS_MAX)
+        assert peers.fetches_to(other) == [rest]
+
+    asyncio.run(scenario())
