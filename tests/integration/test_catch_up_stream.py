@@ -67,6 +67,13 @@ def commit_history(source: Node, keys: list[KeyPair], count: int,
         source.chain.commit(spec, CommitCertificate(seq, 0, spec.block.hash, signatures))
 
 
+def transfers(source: Node, seq: int, count: int) -> list[Tx]:
+    """`count` signed transfers for block `seq`, each from a sender of its own."""
+    return [sign_tx(KeyPair(sha256(f"sender {seq} {i}".encode())), source.chain_id,
+                    "tokens", "transfer", 0, {"class_id": "none", "to": "ab" * 20,
+                                              "amount": 1}) for i in range(count)]
+
+
 async def execute_until(node: Node, seq: int, timeout_s: float = 30) -> None:
     """Run the node's job worker until it has executed `seq` (or the timeout passes)."""
     worker = asyncio.create_task(node._job_worker())
@@ -184,13 +191,7 @@ def test_fetched_blocks_are_signature_checked_before_their_run_and_only_once(
     # runs execute on the loop thread (a 20k-block sync: +7-21% in three pairs); a range
     # whose certificate fails is not checked at all.
     source, lagging, keys = nodes
-
-    def transfers(seq: int) -> list[Tx]:
-        return [sign_tx(KeyPair(sha256(f"sender {seq} {i}".encode())), source.chain_id,
-                        "tokens", "transfer", 0, {"class_id": "none", "to": "ab" * 20,
-                                                  "amount": 1}) for i in range(3)]
-
-    commit_history(source, keys, 2, transfers)
+    commit_history(source, keys, 2, lambda seq: transfers(source, seq, 3))
     lagging.p2p = RecordingPeers()  # type: ignore[assignment]
     peer = keys[2].public_key
 
@@ -222,14 +223,8 @@ def test_a_long_run_lets_the_loop_read_between_its_slices(
     # unread in the socket and its signature checks started late, so each run waited
     # 30-350 ms for the pool (trace of a 2,000-block sync of 100-tx blocks; ~2 ms now).
     source, lagging, keys = nodes
-
-    def transfers(seq: int) -> list[Tx]:
-        return [sign_tx(KeyPair(sha256(f"sender {seq} {i}".encode())), source.chain_id,
-                        "tokens", "transfer", 0, {"class_id": "none", "to": "ab" * 20,
-                                                  "amount": 1}) for i in range(2)]
-
     blocks = 6
-    commit_history(source, keys, blocks, transfers)
+    commit_history(source, keys, blocks, lambda seq: transfers(source, seq, 2))
     monkeypatch.setattr(node_module, "RUN_SLICE_TXS", 4)  # two blocks a slice
     lagging.p2p = RecordingPeers()  # type: ignore[assignment]
     peer = keys[2].public_key
