@@ -61,7 +61,7 @@ from consensus.messages import NULL_DIGEST, MessageError, decode_message, encode
 from consensus.records import decode_record, encode_record
 from consensus.replica import PROGRESS_TIMER, REQUEST_TIMER, Replica
 from ledger.block import Block, BlockError, CommitCertificate
-from ledger.chain import Chain, ProposalRejected, Speculation
+from ledger.chain import CertifiedBlock, Chain, ProposalRejected, Speculation
 from ledger.codec import decode_stored
 from ledger.crypto import KeyPair, sha256
 from ledger.epochs import Epoch, EpochError, EpochHistory, due_epoch
@@ -873,7 +873,7 @@ class Node:
             assert block is not None
             blocks.append(block)
         checked = await self._verify([raw for block in blocks for raw in block.txs])
-        items: list[tuple[Block, CommitCertificate, list[Tx]]] = []
+        items: list[CertifiedBlock] = []
         bad: str | None = None
         position = 0
         for action, block in zip(run, blocks, strict=True):
@@ -888,8 +888,8 @@ class Node:
             items.append((block, cert, [tx for tx in part if isinstance(tx, Tx)]))
         committed: list[Speculation] = []
         rejected: ProposalRejected | None = None
-        for part in _slices_of_txs(items, RUN_SLICE_TXS):
-            done, rejected = self.chain.commit_certified_run(part, sync=False)
+        for run_slice in _slices_of_txs(items, RUN_SLICE_TXS):
+            done, rejected = self.chain.commit_certified_run(run_slice, sync=False)
             committed.extend(done)
             if rejected is not None:
                 break
@@ -1189,10 +1189,9 @@ def records_prefix(epoch: int) -> bytes:
     return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
 
 
-def _slices_of_txs(items: list[tuple[Block, CommitCertificate, list[Tx]]],
-                   txs_max: int) -> list[list[tuple[Block, CommitCertificate, list[Tx]]]]:
+def _slices_of_txs(items: list[CertifiedBlock], txs_max: int) -> list[list[CertifiedBlock]]:
     """Consecutive slices of `items`, each closed once it holds txs_max txs or more."""
-    slices: list[list[tuple[Block, CommitCertificate, list[Tx]]]] = [[]]
+    slices: list[list[CertifiedBlock]] = [[]]
     txs = 0
     for item in items:
         if txs >= txs_max:

@@ -26,6 +26,7 @@ from benchmarks.limit import LimitChain, validator_keys
 from consensus.messages import Checkpoint, CheckpointProof, signed_bytes
 from consensus.records import ExecutedRecord, StableRecord, encode_record
 from ledger.crypto import KeyPair
+from ledger.quorum import quorum_size
 from ledger.record_log import RecordLog
 from ledger.tx import Tx, TxError, decode_tx
 from node import records_prefix
@@ -59,7 +60,7 @@ def _decoded(raws: list[bytes]) -> list[Tx]:
 def stable_checkpoint(chain_id: str, seq: int, block_hash: bytes, validators: list[bytes],
                       keys: dict[bytes, KeyPair]) -> CheckpointProof:
     """A quorum's signed checkpoints of `seq`, whose state digest is the block hash there."""
-    quorum = len(validators) - (len(validators) - 1) // 3
+    quorum = quorum_size(len(validators))
     signers = [index for index, key in enumerate(validators) if key in keys][:quorum]
     if len(signers) < quorum:
         raise ValueError("not enough validator keys to sign a checkpoint quorum")

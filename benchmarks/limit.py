@@ -51,6 +51,7 @@ from ledger.chain import Chain
 from ledger.crypto import KeyPair
 from ledger.executor import Executor
 from ledger.genesis import build_genesis_state, load_genesis
+from ledger.quorum import quorum_size
 from ledger.rules import RuleModule
 from ledger.state import WorldState
 from ledger.store import BlockStore
@@ -90,7 +91,7 @@ class LimitChain:
         self.clock_ms = 1_000_000
 
     def certificate(self, seq: int, block_hash: bytes) -> CommitCertificate:
-        quorum = len(self.validators) - (len(self.validators) - 1) // 3
+        quorum = quorum_size(len(self.validators))
         vote = commit_vote_bytes(self.genesis.chain_id, 0, seq, block_hash)
         signers = sorted(self.validators)[:quorum]
         return CommitCertificate(seq, 0, block_hash,

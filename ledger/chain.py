@@ -29,6 +29,9 @@ from ledger.tx import Tx, TxError, decode_and_verify
 # A proposal may run ahead of the validator's own clock by this much (clock skew).
 TIMESTAMP_AHEAD_MAX_MS = 30_000
 
+# A fetched block with its commit certificate and its decoded, signature-checked txs.
+CertifiedBlock = tuple[Block, CommitCertificate, Sequence[Tx]]
+
 
 class ProposalRejected(LedgerError):
     """A proposed or fetched block is invalid; the reason says which rule it broke."""
@@ -177,7 +180,7 @@ class Chain:
         self.state.apply_prepared(speculation.prepared)
 
     def commit_certified_run(
-        self, run: Sequence[tuple[Block, CommitCertificate, Sequence[Tx]]], *,
+        self, run: Sequence[CertifiedBlock], *,
         sync: bool = True,
     ) -> tuple[list[Speculation], ProposalRejected | None]:
         """Catch-up: validate, execute and commit consecutive certified blocks, one fsync.
