@@ -321,35 +321,64 @@ class MemoryBackend:
         self.kv.apply(dict(ops))
 
 
-# Values remembered per state version for `prepare`'s undo records (see _StateReader).
-_REMEMBERED_VALUES_MAX = 1 << 16
+# Bounds of the state's read caches (kept across blocks; docs/STATE.md "Read caches"):
+# values of up to 2^16 keys, each value at most 256 bytes (balances, nonces, small
+# records; larger ones are read each time); entry records of buckets, 2^16 entries in all;
+# and state prefixes known to hold nothing. About 15-30 MB at most, whatever the state.
+VALUES_CACHED_MAX = 1 << 16
+VALUE_CACHED_BYTES_MAX = 256
+BUCKET_ENTRIES_CACHED_MAX = 1 << 16
+EMPTY_PREFIXES_CACHED_MAX = 256
+
+
+def _trim_oldest(cache: dict[Any, Any], limit: int) -> None:
+    """Keep a cache at most `limit` entries by dropping its oldest half (insertion order)."""
+    if len(cache) >= limit:
+        for key in list(itertools.islice(cache, len(cache) // 2 or 1)):
+            del cache[key]
 
 
 class _StateReader:
-    """Committed state of one version as a KeyValueReader (for ledger.overlay.Overlay).
+    """Committed state as a KeyValueReader (for ledger.overlay.Overlay).
 
-    Reads go through `remembered`, the state's memo of values read at that version: a
-    sender's nonce read at admission is not read from LevelDB again when its block runs,
-    and `prepare` finds the previous values for its undo record there (the executor has
-    just read nearly every key a block writes). Make a new reader after an apply.
+    Reads go through the state's value cache, which holds committed values of the current
+    version and is updated by every apply with the block's own writes: a sender's nonce
+    read at admission, or an account written by the last block, is not read from LevelDB
+    again, and `prepare` finds the previous values for its undo record there (the executor
+    has just read nearly every key a block writes). A reader made before an apply may go on
+    reading (it sees the newer values, as LevelDB itself would show it) but adds nothing to
+    the caches: what it read may already be stale.
     """
 
-    def __init__(self, backend: StateBackend, remembered: dict[bytes, bytes | None]) -> None:
-        self._backend = backend
-        self._remembered = remembered
+    def __init__(self, state: WorldState) -> None:
+        self._state = state
+        self._version = state._version
 
     def get(self, key: bytes) -> bytes | None:
-        if key in self._remembered:
-            return self._remembered[key]
-        read = self._backend.get(STATE_PREFIX + key)
-        if len(self._remembered) < _REMEMBERED_VALUES_MAX:
-            self._remembered[key] = read
+        state = self._state
+        values = state._values
+        if key in values:
+            return values[key]
+        read = state._backend.get(STATE_PREFIX + key)
+        if self._version == state._version and (
+                read is None or len(read) <= VALUE_CACHED_BYTES_MAX):
+            _trim_oldest(values, VALUES_CACHED_MAX)
+            values[key] = read
         return read
 
     def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        # Rules' end-of-block hooks look for due work under a prefix every block, and it is
+        # usually empty: an empty prefix is remembered until a block writes under it.
+        state = self._state
+        if prefix in state._empty_prefixes:
+            return []
         skip = len(STATE_PREFIX)
-        entries = self._backend.items(STATE_PREFIX + prefix)
-        return [(key[skip:], value) for key, value in itertools.islice(entries, max(limit, 0))]
+        entries = state._backend.items(STATE_PREFIX + prefix)
+        found = [(key[skip:], value) for key, value in itertools.islice(entries, max(limit, 0))]
+        if not found and limit > 0 and self._version == state._version:
+            _trim_oldest(state._empty_prefixes, EMPTY_PREFIXES_CACHED_MAX)
+            state._empty_prefixes[prefix] = None
+        return found
 
 
 # --- the world state -----------------------------------------------------------------------
@@ -367,6 +396,10 @@ class PreparedState:
     height: int | None
     base_version: int
     node_updates: dict[int, bytes] = field(repr=False)
+    # For the read caches once applied: the written values, and each dirty bucket's
+    # entry records after the writes.
+    values: dict[bytes, bytes | None] = field(repr=False, default_factory=dict)
+    bucket_entries: dict[int, dict[bytes, bytes]] = field(repr=False, default_factory=dict)
 
 
 class WorldState:
@@ -379,9 +412,13 @@ class WorldState:
         )
         self._backend = backend
         self._version = 0  # bumped by every apply; a PreparedState is valid for one version
-        # Committed values read at this version (key -> value, None = absent); replaced,
-        # never cleared, on every apply, so a reader from an older version cannot add to it.
-        self._remembered: dict[bytes, bytes | None] = {}
+        # Read caches of the committed state, all bounded and kept current by every apply
+        # (the only way state changes): key -> value (None = absent); bucket -> its entry
+        # records (key -> value hash || leaf hash); prefixes with no keys (a set, ordered).
+        self._values: dict[bytes, bytes | None] = {}
+        self._buckets: dict[int, dict[bytes, bytes]] = {}
+        self._bucket_entries_cached = 0  # entries in all of _buckets
+        self._empty_prefixes: dict[bytes, None] = {}
         self._nodes = _empty_tree()
         persisted = {
             int.from_bytes(key[len(BUCKET_PREFIX):], "big"): digest
@@ -415,7 +452,7 @@ class WorldState:
         return self._height
 
     def reader(self) -> _StateReader:
-        return _StateReader(self._backend, self._remembered)
+        return _StateReader(self)
 
     def get(self, key: bytes) -> bytes | None:
         return self._backend.get(STATE_PREFIX + key)
@@ -461,17 +498,26 @@ class WorldState:
             # inline bucket_of
             bucket = int.from_bytes(sha(key).digest()[:2], "big") >> (16 - BUCKET_BITS)
             by_bucket.setdefault(bucket, []).append(key)
-        remembered = self._remembered
+        remembered = self._values
         ops: list[StateOp] = []
         new_buckets: dict[int, bytes] = {}
         undo_values: list[list[bytes | None]] = []
         undo_buckets: list[list[int | bytes]] = []
         dirty = sorted(by_bucket)
-        prefixes = [ENTRY_PREFIX + _bucket_bytes(bucket) for bucket in dirty]
+        cached = self._buckets
+        # Buckets not in the cache are read in ascending order with one iterator.
+        unread = [bucket for bucket in dirty if bucket not in cached]
         skip = len(ENTRY_PREFIX) + 2
-        stored = self._backend.items_of_prefixes(prefixes)
-        for bucket, entry_prefix, found in zip(dirty, prefixes, stored, strict=True):
-            entries = {key[skip:]: record for key, record in found}
+        stored = iter(self._backend.items_of_prefixes(
+            [ENTRY_PREFIX + _bucket_bytes(bucket) for bucket in unread]))
+        bucket_entries: dict[int, dict[bytes, bytes]] = {}
+        for bucket in dirty:
+            entry_prefix = ENTRY_PREFIX + _bucket_bytes(bucket)
+            known = cached.get(bucket)
+            # A copy: this prepare may lose to a competing one and must not touch the cache.
+            entries = dict(known) if known is not None else {
+                key[skip:]: record for key, record in next(stored)}
+            bucket_entries[bucket] = entries
             for key in sorted(by_bucket[bucket]):
                 value = writes[key]
                 existed = key in entries
@@ -514,7 +560,8 @@ class WorldState:
             undo = {"buckets": undo_buckets, "values": undo_values}
             ops.append((DIFF_PREFIX + _height_bytes(height), msgpack.packb(undo, use_bin_type=True)))
             ops.append((HEIGHT_KEY, encode(height)))
-        return PreparedState(root, ops, height, self._version, updates)
+        return PreparedState(root, ops, height, self._version, updates, dict(writes),
+                             bucket_entries)
 
     def apply_prepared(self, prepared: PreparedState) -> None:
         """Make `prepared` live once its ops are durably written."""
@@ -532,7 +579,39 @@ class WorldState:
         if prepared.height is not None:
             self._height = prepared.height
         self._version += 1
-        self._remembered = {}
+        self._update_caches(prepared)
+
+    def _update_caches(self, prepared: PreparedState) -> None:
+        values = self._values
+        for key, value in prepared.values.items():
+            if value is not None and len(value) > VALUE_CACHED_BYTES_MAX:
+                values.pop(key, None)
+                continue
+            if key not in values:
+                _trim_oldest(values, VALUES_CACHED_MAX)
+            values[key] = value
+        buckets = self._buckets
+        for bucket, entries in prepared.bucket_entries.items():
+            held = buckets.pop(bucket, None)
+            if held is not None:
+                self._bucket_entries_cached -= len(held)
+            if self._bucket_entries_cached + len(entries) > BUCKET_ENTRIES_CACHED_MAX:
+                # Drop the older half of the buckets (a ground, crowded bucket may be
+                # larger than the whole bound: it is not cached then).
+                for old in list(itertools.islice(buckets, len(buckets) // 2 + 1)):
+                    self._bucket_entries_cached -= len(buckets.pop(old))
+                if self._bucket_entries_cached + len(entries) > BUCKET_ENTRIES_CACHED_MAX:
+                    continue
+            buckets[bucket] = entries
+            self._bucket_entries_cached += len(entries)
+        empty = self._empty_prefixes
+        if empty:
+            prefixes = tuple(empty)
+            for key, value in prepared.values.items():
+                if value is not None and key.startswith(prefixes):
+                    for prefix in prefixes:
+                        if key.startswith(prefix):
+                            empty.pop(prefix, None)
 
     def commit(self, writes: Mapping[bytes, bytes | None], *, height: int | None = None) -> bytes:
         """prepare + write + apply in one step, for use without a block store."""

@@ -220,9 +220,10 @@ class CountingBackend(MemoryBackend):
         return super().get(key)
 
 
-def test_readers_of_one_version_share_reads_and_a_new_version_reads_afresh() -> None:
+def test_reads_are_shared_by_readers_and_blocks_and_a_block_s_writes_need_no_read() -> None:
     backend = CountingBackend()
-    state = _seeded_state(backend)
+    _seeded_state(backend)
+    state = WorldState(backend)  # reopened: nothing cached yet
     before = backend.gets
     assert state.reader().get(b"k3") == encode(3)  # admission
     assert state.reader().get(b"k3") == encode(3)  # the block's execution
@@ -230,5 +231,9 @@ def test_readers_of_one_version_share_reads_and_a_new_version_reads_afresh() -> 
     assert state.reader().get(b"absent") is None
     assert backend.gets - before == 2
     state.commit({b"k3": encode(33), b"absent": b"now"}, height=1)
+    after_block = backend.gets
     assert state.reader().get(b"k3") == encode(33)
     assert state.reader().get(b"absent") == b"now"
+    assert backend.gets == after_block  # written by the block: known without a read
+    assert state.reader().get(b"k4") == encode(4)
+    assert backend.gets == after_block + 1
