@@ -898,7 +898,10 @@ class Node:
             # fetched range arrives in many reads, each one a loop iteration.
             await asyncio.sleep(0)
         if committed:
-            self.store.sync()
+            # On the writer thread, as for a single block: the loop reads and checks the
+            # next fetched range during the fsync instead of waiting in it.
+            await asyncio.get_running_loop().run_in_executor(self._record_writer,
+                                                             self.store.sync)
         for speculation in committed:
             self._after_commit(speculation)
         for action, speculation in zip(run, committed, strict=False):
