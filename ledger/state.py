@@ -323,11 +323,13 @@ class MemoryBackend:
 
 # Bounds of the state's read caches (kept across blocks; docs/STATE.md "Read caches"):
 # values of up to 2^16 keys, each value at most 256 bytes (balances, nonces, small
-# records; larger ones are read each time); entry records of buckets, 2^16 entries in all;
-# and state prefixes known to hold nothing. About 15-30 MB at most, whatever the state.
+# records; larger ones are read each time); entry records of buckets, 2^16 entries in all
+# and 2^12 in one; and state prefixes known to hold nothing. About 15-30 MB at most,
+# whatever the state.
 VALUES_CACHED_MAX = 1 << 16
 VALUE_CACHED_BYTES_MAX = 256
 BUCKET_ENTRIES_CACHED_MAX = 1 << 16
+ONE_BUCKET_CACHED_ENTRIES_MAX = 1 << 12  # a crowded (ground) bucket is read each time
 EMPTY_PREFIXES_CACHED_MAX = 256
 
 
@@ -595,13 +597,11 @@ class WorldState:
             held = buckets.pop(bucket, None)
             if held is not None:
                 self._bucket_entries_cached -= len(held)
+            if len(entries) > ONE_BUCKET_CACHED_ENTRIES_MAX:
+                continue  # evicting nothing for it
             if self._bucket_entries_cached + len(entries) > BUCKET_ENTRIES_CACHED_MAX:
-                # Drop the older half of the buckets (a ground, crowded bucket may be
-                # larger than the whole bound: it is not cached then).
                 for old in list(itertools.islice(buckets, len(buckets) // 2 + 1)):
                     self._bucket_entries_cached -= len(buckets.pop(old))
-                if self._bucket_entries_cached + len(entries) > BUCKET_ENTRIES_CACHED_MAX:
-                    continue
             buckets[bucket] = entries
             self._bucket_entries_cached += len(entries)
         empty = self._empty_prefixes

@@ -109,7 +109,8 @@ def test_cached_state_answers_as_a_fresh_one_while_caches_evict(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(state_module, "VALUES_CACHED_MAX", 4)
-        patch.setattr(state_module, "BUCKET_ENTRIES_CACHED_MAX", 3)
+        patch.setattr(state_module, "BUCKET_ENTRIES_CACHED_MAX", 6)
+        patch.setattr(state_module, "ONE_BUCKET_CACHED_ENTRIES_MAX", 3)
         patch.setattr(state_module, "VALUE_CACHED_BYTES_MAX", 4)
         patch.setattr(state_module, "EMPTY_PREFIXES_CACHED_MAX", 2)
         _run_blocks(blocks)
@@ -130,6 +131,20 @@ def test_caches_stay_within_their_bounds(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sum(len(entries) for entries in state._buckets.values()) <= 32
     assert state._bucket_entries_cached == sum(len(e) for e in state._buckets.values())
     assert len(state._empty_prefixes) <= 4
+
+
+def test_a_crowded_bucket_is_not_held_and_evicts_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "ONE_BUCKET_CACHED_ENTRIES_MAX", 3)
+    crowded = _crowded_keys("ground/", 1, 4)
+    state = WorldState.in_memory()
+    state.commit({b"acct/1": b"1", b"acct/2": b"2"})
+    held = dict(state._buckets)
+    state.commit(dict.fromkeys(crowded, b"x"))
+    assert state._buckets == held  # the 4-entry bucket is read each time instead
+    state.commit({crowded[0]: None, b"acct/1": b"one"})
+    assert state.root == state_root_of({b"acct/1": b"one", b"acct/2": b"2",
+                                        **dict.fromkeys(crowded[1:], b"x")})
 
 
 def test_an_empty_prefix_seen_by_a_scan_shows_keys_written_under_it_later() -> None:
