@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import plyvel
@@ -30,6 +31,15 @@ from ledger.state import (
 
 KEYS = st.binary(min_size=1, max_size=12)
 WRITES = st.dictionaries(KEYS, st.one_of(st.none(), st.binary(max_size=16)), max_size=20)
+
+
+def apply_writes(model: dict[bytes, bytes], writes: Mapping[bytes, bytes | None]) -> None:
+    """What a block's writes do to a plain dict model of the state (None deletes)."""
+    for key, value in writes.items():
+        if value is None:
+            model.pop(key, None)
+        else:
+            model[key] = value
 
 
 def _same_bucket_pair() -> tuple[bytes, bytes]:
@@ -90,11 +100,7 @@ def test_root_depends_only_on_final_contents_not_history(
     model: dict[bytes, bytes] = {}
     for writes in blocks:
         state.commit(writes)
-        for key, value in writes.items():
-            if value is None:
-                model.pop(key, None)
-            else:
-                model[key] = value
+        apply_writes(model, writes)
     assert state.root == state_root_of(model)
     reader = state.reader()
     assert reader.scan(b"", 1000) == sorted(model.items())
@@ -341,11 +347,7 @@ def test_historical_proofs_match_the_root_and_value_at_each_height(
     model: dict[bytes, bytes] = {}
     for height, writes in enumerate(blocks):
         state.commit(writes, height=height)
-        for key, value in writes.items():
-            if value is None:
-                model.pop(key, None)
-            else:
-                model[key] = value
+        apply_writes(model, writes)
         roots.append(state.root)
         snapshots.append(dict(model))
     for height in range(len(blocks)):

@@ -22,6 +22,7 @@ from ledger.state import (
     state_root_of,
     verify_state_proof,
 )
+from tests.ledger.test_state import apply_writes
 
 
 def _crowded_keys(prefix: str, buckets: int, per_bucket: int) -> list[bytes]:
@@ -86,11 +87,7 @@ def _run_blocks(blocks: list[tuple[dict[bytes, bytes | None], list[bytes], list[
         state.prepare({**dict.fromkeys(list(model)[:4]), **dict.fromkeys(writes, b"lost")},
                       height=height)
         state.commit(writes, height=height)
-        for key, value in writes.items():
-            if value is None:
-                model.pop(key, None)
-            else:
-                model[key] = value
+        apply_writes(model, writes)
         _check_against_fresh(state, backend, model, height - 1)
 
 
