@@ -507,14 +507,14 @@ class WorldState:
         undo_buckets: list[list[int | bytes]] = []
         dirty = sorted(by_bucket)
         cached = self._buckets
+        prefixes = [ENTRY_PREFIX + _bucket_bytes(bucket) for bucket in dirty]
         # Buckets not in the cache are read in ascending order with one iterator.
-        unread = [bucket for bucket in dirty if bucket not in cached]
         skip = len(ENTRY_PREFIX) + 2
         stored = iter(self._backend.items_of_prefixes(
-            [ENTRY_PREFIX + _bucket_bytes(bucket) for bucket in unread]))
+            [prefix for bucket, prefix in zip(dirty, prefixes, strict=True)
+             if bucket not in cached]))
         bucket_entries: dict[int, dict[bytes, bytes]] = {}
-        for bucket in dirty:
-            entry_prefix = ENTRY_PREFIX + _bucket_bytes(bucket)
+        for bucket, entry_prefix in zip(dirty, prefixes, strict=True):
             known = cached.get(bucket)
             # A copy: this prepare may lose to a competing one and must not touch the cache.
             entries = dict(known) if known is not None else {
