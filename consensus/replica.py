@@ -524,7 +524,10 @@ class Replica(ViewChanging):
 
     def _on_progress_timeout(self) -> None:
         if self.in_view_change:
-            supporters = [s for s, vc in self.view_changes.items() if vc.new_view == self.view]
+            # A quorum has left every view below this one (PBFT's condition for moving on).
+            # Count view changes for later views too: a replica that went ahead alone and
+            # then moved on first must not leave the rest short of a quorum for ever.
+            supporters = [s for s, vc in self.view_changes.items() if vc.new_view >= self.view]
             if len(supporters) >= self.config.quorum:
                 self._start_view_change(self.view + 1)
             else:

@@ -345,3 +345,38 @@ def test_later_requests_jumping_the_queue_still_count_as_censorship() -> None:
     for index in (1, 2, 3):
         assert cluster.replica(index).view == 1
         assert request(9) in cluster.requests_executed(index)
+
+
+def test_a_replica_alone_one_view_ahead_does_not_strand_the_others_view_change() -> None:
+    """Seen on real nodes: a replica changed view alone; later the others' view change
+    went to a dead primary, the lone replica moved on first, and then no view had a quorum
+    of view changes. Counting view changes for this view or any higher one keeps the
+    others' timer running, so they follow it instead of waiting for each other forever."""
+    cluster = Cluster()
+    cluster.submit(0)
+    cluster.run()
+    cluster.submit(1, to=[3])  # only replica 3 ever hears of request 1
+    assert cluster.fire(PROGRESS_TIMER, [3]) == [3]
+    cluster.run()
+    assert (cluster.replica(3).view, cluster.replica(3).in_view_change) == (1, True)
+    assert [cluster.replica(i).view for i in (0, 1, 2)] == [0, 0, 0]
+    cluster.crash(1)  # the primary of view 1 goes down, so view 0 stalls too
+    cluster.submit(2, to=[0, 2, 3])
+    cluster.run()
+    assert cluster.fire(PROGRESS_TIMER, [2]) == [2]
+    cluster.run()
+    # Replica 0 joined on f+1 view changes for view 1: three of them, a dead primary.
+    assert all(cluster.replica(i).view == 1 and cluster.replica(i).in_view_change
+               for i in (0, 2, 3))
+    # The lone replica's timer was armed first, so it moves on to view 2 first...
+    assert cluster.fire(PROGRESS_TIMER, [3]) == [3]
+    cluster.run()
+    assert cluster.replica(3).view == 2
+    # ...and the others, now holding two view changes for view 1 and one for view 2, follow.
+    assert sorted(cluster.fire(PROGRESS_TIMER, [0, 2])) == [0, 2]
+    cluster.run()
+    for index in (0, 2, 3):
+        replica = cluster.replica(index)
+        assert (replica.view, replica.in_view_change) == (2, False)
+        # Request 1 reached no primary (this harness does not gossip); request 2 did.
+        assert cluster.requests_executed(index) == [request(0), request(2)]
