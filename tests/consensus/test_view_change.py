@@ -287,9 +287,10 @@ def test_a_replica_stuck_in_an_older_view_change_is_brought_into_the_current_vie
     cluster.run()
     assert all(cluster.replica(i).view == 2 and not cluster.replica(i).in_view_change
                for i in range(1, 6))
-    assert cluster.replica(6).view == 1
+    # The votes of view 2 took it into a view change for view 2, whose NEW-VIEW it missed.
+    assert cluster.replica(6).view == 2 and cluster.replica(6).in_view_change
     cluster.filter = None
-    cluster.fire(PROGRESS_TIMER, [6])  # it repeats its view change for the old view 1 ...
+    cluster.fire(PROGRESS_TIMER, [6])  # it repeats its view change ...
     cluster.run()  # ... and the primary of view 2 answers with its NEW-VIEW
     assert cluster.replica(6).view == 2 and not cluster.replica(6).in_view_change
 
@@ -380,3 +381,40 @@ def test_a_replica_alone_one_view_ahead_does_not_strand_the_others_view_change()
         assert (replica.view, replica.in_view_change) == (2, False)
         # Request 1 reached no primary (this harness does not gossip); request 2 did.
         assert cluster.requests_executed(index) == [request(0), request(2)]
+
+
+def test_a_replica_left_in_an_older_view_follows_f_plus_one_replicas_voting_in_a_later_one() -> None:
+    """Seen on real nodes: a wiped node restarts in view 0 while the others run view 1. It
+    catches up by fetching, so no timer of its own ever fires, and it never hears the view
+    it should vote in. Votes signed in a later view by f+1 replicas (one at least honest,
+    hence a NEW-VIEW exists) make it ask for that view; the primary repeats its NEW-VIEW."""
+    cluster = Cluster()
+    cluster.crash(0)
+    cluster.submit(0, to=[1, 2, 3])
+    cluster.fire(PROGRESS_TIMER, [1, 2, 3])
+    cluster.run()
+    assert all(cluster.replica(i).view == 1 and not cluster.replica(i).in_view_change
+               for i in (1, 2, 3))
+    cluster.nodes[0].records = []  # wiped: it remembers no view
+    cluster.restart(0)
+    assert cluster.replica(0).view == 0
+    cluster.submit(1)
+    cluster.run()
+    replica = cluster.replica(0)
+    assert (replica.view, replica.in_view_change) == (1, False)
+    cluster.submit(2)
+    cluster.run()
+    assert any(isinstance(m, Commit) and m.view == 1 for m in sent(cluster, 0))  # it votes
+
+
+def test_votes_of_f_replicas_in_a_later_view_move_nobody() -> None:
+    cluster = Cluster()
+    cluster.submit(0)
+    cluster.run()
+    # Replica 3 (Byzantine, or alone) signs votes for view 5: one sender is not f+1.
+    for seq in (5, 6):
+        vote = cluster.sign_as(3, Prepare(5, seq, sha256(b"x"), 3, bytes(64)))
+        for index in (0, 1, 2):
+            cluster.step(index, MessageReceived(3, vote))
+    assert all(cluster.replica(i).view == 0 and not cluster.replica(i).in_view_change
+               for i in (0, 1, 2))
