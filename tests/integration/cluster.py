@@ -346,12 +346,16 @@ class Cluster:
         assert votes, f"every running node is in a view change:\n{self.describe()}"
         return self.node_named(votes.most_common(1)[0][0])
 
+    def majority_view(self, node: NodeProcess) -> int:
+        """The view most running nodes other than `node` are in."""
+        others = Counter(other.status()["view"] for other in self.running() if other is not node)
+        view: int = others.most_common(1)[0][0]
+        return view
+
     def wait_participating(self, node: NodeProcess, timeout_s: float = 30.0) -> None:
         """Wait until `node` is in the view most others are in, and not changing view."""
         def in_step() -> bool:
-            others = Counter(other.status()["view"] for other in self.running()
-                             if other is not node)
-            view = others.most_common(1)[0][0]
+            view = self.majority_view(node)
             status = node.status()
             return status["view"] == view and not status["in_view_change"]
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 
@@ -28,16 +29,21 @@ def rejoin(cluster: Cluster, node: NodeProcess, load: LoadGenerator) -> None:
     wait_until(lambda: node.height() >= target, 40,
                f"{node.name} to catch up to height {target}")
     load.wait_committed(5)
-    # Recovered means voting again: only then may the next fault come.
-    cluster.wait_participating(node, timeout_s=20)
+    # Recovered means voting again, the usual outcome. Rarely a restarted node changes
+    # view alone while it catches up; PBFT gives it no safe way back, so it follows by
+    # fetching until the others next change view (docs/CONSENSUS.md, "Known limit"). Then
+    # the next fault is two nodes out of step: the network must still go on, and the
+    # load's wait after that fault checks that it does.
+    try:
+        cluster.wait_participating(node, timeout_s=20)
+    except AssertionError:
+        status = node.status()
+        assert status["in_view_change"] and status["view"] > cluster.majority_view(node), (
+            f"{node.name} neither votes nor waits in a later view: {status}")
+        warnings.warn(f"{node.name} changed view alone while catching up; it follows "
+                      "by fetching", stacklevel=1)
 
 
-# Passed 5 of 5 runs once the node held view-change timers while catching up; kept
-# non-strict because a rejoining node that times out alone may still wait in a view
-# nobody joins until the next real view change (PBFT cannot step back a view safely).
-@pytest.mark.xfail(reason="a restarted node may still change view alone while catching "
-                          "up (it keeps following by fetching; see docs/CONSENSUS.md)",
-                   strict=False)
 def test_no_acknowledged_transaction_is_lost_across_kills_freezes_and_a_wipe(
         cluster: Cluster) -> None:
     with LoadGenerator(cluster, threads=2) as load:
