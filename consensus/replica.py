@@ -307,20 +307,7 @@ class Replica(ViewChanging):
         if len(queue) < self.config.stash_per_sender_max and signature_ok(self.config, message):
             queue.append(message)
             if message.view > self.view:
-                self._check_left_behind()
-
-    def _check_left_behind(self) -> None:
-        """f+1 replicas voting in later views prove an honest one installed such a view.
-
-        A replica that missed that NEW-VIEW (restarted without its records, or cut off
-        during the view change) and keeps up by fetching never times out, so it would stay
-        in its old view for good. It asks to join instead: a view change for the view
-        f+1 of them reached, which the primary there answers by repeating its NEW-VIEW.
-        """
-        views = sorted((max(m.view for m in queue) for sender, queue in self.stash.items()
-                        if sender != self.me and queue), reverse=True)
-        if len(views) > self.config.faults and views[self.config.faults] > self.view:
-            self._start_view_change(views[self.config.faults])
+                self._check_join()
 
     def _on_vote_phase(self, message: PrePrepare | Prepare | Commit) -> None:
         if message.view < self.view:

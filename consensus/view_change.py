@@ -87,9 +87,20 @@ class ViewChanging(Checkpointing):
         self._check_new_view_quorum()
 
     def _check_join(self) -> None:
-        """f+1 view changes for higher views prove an honest replica moved on: follow."""
-        views = sorted((vc.new_view for s, vc in self.view_changes.items()
-                        if s != self.me and vc.new_view > self.view), reverse=True)
+        """f+1 replicas seen in later views prove an honest one moved on: follow them.
+
+        A replica is seen in a view by its view change for it or by its votes signed in it
+        (stashed). The votes matter to a replica that missed a NEW-VIEW (restarted without
+        its records, or cut off during the change) and keeps up by fetching: it never
+        times out, so without them it would stay in its old view for good. Its view change
+        makes the primary there repeat the NEW-VIEW.
+        """
+        furthest = {s: vc.new_view for s, vc in self.view_changes.items()}
+        for sender, queue in self.stash.items():
+            if queue:
+                furthest[sender] = max(furthest.get(sender, 0), *(m.view for m in queue))
+        views = sorted((view for sender, view in furthest.items()
+                        if sender != self.me and view > self.view), reverse=True)
         if len(views) > self.config.faults:
             self._start_view_change(views[self.config.faults])
 
