@@ -175,6 +175,7 @@ class Chain:
             speculation.block, cert, speculation.result.encoded_receipts,
             speculation.prepared.ops, sync=sync,
             tx_hashes=[tx.hash for tx in speculation.txs],
+            accepted=[receipt.ok for receipt in speculation.result.receipts],
         )
         self._tip_timestamp = (speculation.block.hash, speculation.block.header.timestamp_ms)
         self.state.apply_prepared(speculation.prepared)

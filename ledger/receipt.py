@@ -128,6 +128,15 @@ def decode_receipt(data: bytes) -> Receipt:
     return Receipt(tx_hash, index, status, code, reason, result)
 
 
+def receipt_accepts(data: bytes) -> bool:
+    """Whether stored receipt bytes accept their tx; False for anything else, malformed too."""
+    try:
+        fields = decode_map(data)
+    except CodecError:
+        return False
+    return fields.get("status") == STATUS_OK
+
+
 def receipts_root(encoded_receipts: Sequence[bytes]) -> bytes:
     """Merkle root over encoded receipts in block order (the header's receipts_root)."""
     return merkle_root(list(encoded_receipts))

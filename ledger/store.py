@@ -16,9 +16,11 @@ Key layout (H8 = height as 8-byte big-endian, I4 = tx index as 4-byte big-endian
     rcpt/ + H8 + I4          -> receipt bytes of that tx
     cert/ + H8               -> canonical commit certificate bytes
     hash/ + block hash       -> H8
-    txloc/ + tx hash         -> H8 + I4 of the tx's FIRST inclusion (a byzantine primary may
-                                re-include a committed tx; it then fails the nonce check and
-                                the index keeps pointing at the one that executed)
+    txloc/ + tx hash         -> H8 + I4 of the inclusion that accepted the tx, else of its
+                                first (a byzantine primary may include a tx more than once:
+                                once with its nonce ahead, rejected, and again later, or again
+                                after it executed; at most one copy is accepted, since that
+                                consumes the nonce, and a lookup must find it)
 
 Height 0 is genesis: it has a hash and a state root but no stored block or certificate.
 """
@@ -227,6 +229,7 @@ class BlockStore:
         *,
         sync: bool = True,
         tx_hashes: Sequence[bytes] | None = None,
+        accepted: Sequence[bool] | None = None,
     ) -> None:
         """Commit the next block with everything it changed in one (synced) batch.
 
@@ -237,6 +240,9 @@ class BlockStore:
         part of one), and the caller makes the run durable with `sync()` before it tells
         anyone the blocks are executed. `tx_hashes`, when the caller has them, are the
         SHA-256 of each of the block's txs (the chain's decoded txs carry them).
+        `accepted` says which receipts accept their tx: those txs are indexed here whatever
+        an earlier block held; the others only if no block held them before (one read
+        each). Without it every tx is treated as rejected.
         """
         if self._tip is None:
             raise StoreError("the store has no genesis yet", code="store_uninitialised")
@@ -264,6 +270,11 @@ class BlockStore:
         elif len(tx_hashes) != len(block.txs):
             raise StoreError(f"{len(tx_hashes)} tx hashes for {len(block.txs)} transactions",
                              code="bad_op")
+        if accepted is None:
+            accepted = [False] * len(block.txs)
+        elif len(accepted) != len(block.txs):
+            raise StoreError(f"{len(accepted)} accepted flags for {len(block.txs)} "
+                             "transactions", code="bad_op")
         problem = block.check_tx_root()
         if problem is not None:
             raise StoreError(problem, code="bad_tx_root")
@@ -284,12 +295,14 @@ class BlockStore:
         batch.put(CERT_PREFIX + h8, cert.encode())
         batch.put(BLOCK_HASH_PREFIX + block.hash, h8)
         get = self.db.get
-        for index, (tx, receipt, tx_hash) in enumerate(zip(block.txs, receipts, tx_hashes,
-                                                           strict=True)):
+        for index, (tx, receipt, tx_hash, ok) in enumerate(zip(block.txs, receipts, tx_hashes,
+                                                               accepted, strict=True)):
             batch.put(_location_key(TX_PREFIX, height, index), tx)
             batch.put(_location_key(RECEIPT_PREFIX, height, index), receipt)
             location_key = TX_LOCATION_PREFIX + tx_hash
-            if get(location_key) is None:  # a tx seen before keeps its first location
+            # A block holds a tx at most once (Block checks), so the batch never needs a
+            # look at itself; only a rejected copy needs the read.
+            if ok or get(location_key) is None:
                 batch.put(location_key, _LOCATION.pack(height, index))
         batch.put(TIP_KEY, _TIP.pack(height, block.hash, cert.seq))
         batch.write()

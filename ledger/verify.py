@@ -16,6 +16,7 @@ from ledger.block import Block, CommitCertificate, Header, receipts_root_of
 from ledger.crypto import sha256
 from ledger.epochs import EpochError, EpochHistory, due_epoch
 from ledger.errors import CodecError
+from ledger.receipt import receipt_accepts
 from ledger.store import BlockStore
 
 
@@ -80,9 +81,11 @@ def _check_block(
         location = store.tx_location(sha256(tx))
         if location is None:
             raise _Bad(f"tx {index} is missing from the tx index")
-        # The index keeps a tx's first inclusion; a later copy must point back at it.
-        if location != (height, index) and (location >= (height, index)
-                                            or store.tx(sha256(tx)) != tx):
+        # The index holds the copy that accepted the tx, else its first (ledger/store.py).
+        if location != (height, index) and (
+                receipt_accepts(receipts[index]) or store.tx(sha256(tx)) != tx
+                or (location > (height, index)
+                    and not receipt_accepts(store.receipt(sha256(tx)) or b""))):
             raise _Bad(f"tx index entry for tx {index} points at {location}")
     if cert.block_hash != block.hash:
         raise _Bad("commit certificate is for another block")

@@ -29,9 +29,10 @@ class CountingStore(BlockStore):
 
     def append(self, block: Block, cert: CommitCertificate, receipts: Sequence[bytes],
                state_ops: Sequence[StateOp], extra_ops: Sequence[StateOp] = (), *,
-               sync: bool = True, tx_hashes: Sequence[bytes] | None = None) -> None:
+               sync: bool = True, tx_hashes: Sequence[bytes] | None = None,
+               accepted: Sequence[bool] | None = None) -> None:
         super().append(block, cert, receipts, state_ops, extra_ops, sync=sync,
-                       tx_hashes=tx_hashes)
+                       tx_hashes=tx_hashes, accepted=accepted)
         self.append_syncs.append(sync)
 
     def sync(self) -> None:

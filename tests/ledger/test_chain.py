@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from ledger.codec import encode
 from ledger.crypto import KeyPair
 from ledger.executor import Executor
 from ledger.genesis import Genesis, build_genesis_state, parse_genesis
+from ledger.receipt import decode_receipt
 from ledger.rules import BlockContext, StateView, TxContext
 from ledger.state import WorldState
-from ledger.store import BlockStore
+from ledger.store import TX_LOCATION_PREFIX, BlockStore
 from ledger.tx import Tx, sign_tx
+from ledger.verify import verify_chain
 
 CHAIN = "chain-test"
 NOW_MS = 1_700_000_000_000
@@ -182,3 +185,29 @@ def test_catch_up_applies_certified_block_and_refuses_weak_certificate(
     lagging.apply_certified(spec.block, cert)
     assert lagging.tip_hash == primary.tip_hash
     assert lagging.state.root == primary.state.root
+
+
+def test_a_tx_rejected_once_and_accepted_later_is_found_committed(
+        tmp_path: Path, validators: list[KeyPair]) -> None:
+    """A byzantine primary includes a tx while its nonce is ahead (rejected, nonce not
+    consumed), then again once it is next (accepted). A lookup must find the payment that
+    executed, not the early rejection; a copy after that is rejected and changes nothing."""
+    chain = _open_chain(tmp_path / "a", _genesis(validators))
+    user = KeyPair.generate()
+    first, ahead = _txs(user, 0, 2)
+    for seq, txs in enumerate([[ahead], [first, ahead], [ahead]], start=1):
+        spec = chain.build(0, validators[0].public_key, txs, NOW_MS)
+        chain.commit(spec, _cert(spec.block, validators, seq=seq))
+    codes = [decode_receipt(raw).code for height in (1, 2, 3)
+             for raw in chain.store.receipts(height)]
+    assert codes == ["bad_nonce", "ok", "ok", "bad_nonce"]
+    assert chain.store.tx_location(ahead.hash) == (2, 1)
+    receipt = chain.store.receipt(ahead.hash)
+    assert receipt is not None and decode_receipt(receipt).ok
+    genesis = _genesis(validators)
+    keys = [v.public_key_bytes for v in genesis.validators]
+    assert verify_chain(chain.store, genesis.hash, CHAIN, keys).ok
+    # verify-chain holds the index to that rule: neither rejected copy may be named.
+    for wrong in ((1, 0), (3, 0)):
+        chain.store.db.put(TX_LOCATION_PREFIX + ahead.hash, struct.pack(">QI", *wrong))
+        assert not verify_chain(chain.store, genesis.hash, CHAIN, keys).ok

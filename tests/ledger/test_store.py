@@ -273,6 +273,15 @@ def test_append_with_the_callers_tx_hashes_indexes_the_same_and_refuses_a_short_
     assert verify_chain(store, GENESIS_HASH, CHAIN_ID, VALIDATORS).ok
 
 
+def test_append_refuses_accepted_flags_that_do_not_match_the_txs(store: BlockStore) -> None:
+    block, cert, receipts = certified_next(store, 3)
+    before = snapshot(store)
+    with pytest.raises(StoreError) as info:
+        store.append(block, cert, receipts, state_ops_for(1), accepted=[True, True])
+    assert info.value.code == "bad_op"
+    assert snapshot(store) == before
+
+
 @pytest.mark.parametrize(
     ("state_ops", "extra_ops"),
     [([(b"x/not-state", b"1")], []), ([(b"tx/evil", b"1")], []), ([], [(b"chain/tip", b"1")]),
