@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.block import Block, CommitCertificate, Header, receipts_root_of
-from ledger.crypto import sha256
 from ledger.epochs import EpochError, EpochHistory, due_epoch
 from ledger.errors import CodecError
 from ledger.receipt import receipt_accepts
@@ -77,15 +76,15 @@ def _check_block(
         raise _Bad("stored receipts do not match receipts_root")
     if store.height_of(block.hash) != height:
         raise _Bad("block-hash index does not point at this height")
-    for index, tx in enumerate(block.txs):
-        location = store.tx_location(sha256(tx))
+    for index, (tx, tx_hash) in enumerate(zip(block.txs, block.tx_hashes(), strict=True)):
+        location = store.tx_location(tx_hash)
         if location is None:
             raise _Bad(f"tx {index} is missing from the tx index")
         # The index holds the copy that accepted the tx, else its first (ledger/store.py).
         if location != (height, index) and (
-                receipt_accepts(receipts[index]) or store.tx(sha256(tx)) != tx
+                receipt_accepts(receipts[index]) or store.tx(tx_hash) != tx
                 or (location > (height, index)
-                    and not receipt_accepts(store.receipt(sha256(tx)) or b""))):
+                    and not receipt_accepts(store.receipt(tx_hash) or b""))):
             raise _Bad(f"tx index entry for tx {index} points at {location}")
     if cert.block_hash != block.hash:
         raise _Bad("commit certificate is for another block")
