@@ -131,10 +131,9 @@ def decode_receipt(data: bytes) -> Receipt:
 def receipt_accepts(data: bytes) -> bool:
     """Whether stored receipt bytes accept their tx; False for anything else, malformed too."""
     try:
-        fields = decode_map(data)
+        return decode_receipt(data).ok
     except CodecError:
         return False
-    return fields.get("status") == STATUS_OK
 
 
 def receipts_root(encoded_receipts: Sequence[bytes]) -> bytes:
