@@ -1,11 +1,12 @@
 """World state: committed key-value state with a bucketed Merkle commitment (docs/STATE.md).
 
 Every user key K lives at b"s/" + K. Keys fall into 2^16 buckets by the first two bytes of
-SHA-256(K). A bucket's hash covers its entries in key order; a complete binary Merkle tree
-over the 65,536 bucket hashes gives the state root that goes into every header. The tree
-is held in memory (65,535 inner hashes, rebuilt at open from the persisted bucket hashes),
-so a block costs work in proportion to the buckets it touches, and a proof of K (present or
-absent) is the (key, value hash) pairs of K's bucket plus 16 sibling hashes.
+SHA-256(K). A bucket's hash covers its entries in key order; a complete 16-ary Merkle tree
+(four levels) over the 65,536 bucket hashes gives the state root that goes into every
+header. The tree is held in memory (4,369 inner hashes, rebuilt at open from the persisted
+bucket hashes), so a block costs work in proportion to the buckets it touches, and a proof
+of K (present or absent) is the (key, value hash) pairs of K's bucket plus 4 x 15 sibling
+hashes.
 
 LevelDB layout (all under this module's prefixes b"s/" and b"m/"):
     s/<K>                      -> value
@@ -31,11 +32,17 @@ import msgpack
 
 from ledger.codec import decode, encode
 from ledger.errors import CodecError, invariant
-from ledger.merkle import inner_hash
 from ledger.overlay import MemoryKV
 
 BUCKET_BITS = 16
 BUCKET_COUNT = 1 << BUCKET_BITS
+# Each inner node hashes 16 children: a path is 4 nodes instead of a binary tree's 16, and
+# a block's commit hashes ~2.5x fewer, larger messages (the per-call cost of SHA-256 in
+# Python dominates; benchmarks/PERF_FINDINGS.md S11). Proofs grow to 60 sibling hashes.
+TREE_ARITY_BITS = 4
+TREE_ARITY = 1 << TREE_ARITY_BITS
+TREE_DEPTH = BUCKET_BITS // TREE_ARITY_BITS
+PROOF_SIBLINGS = TREE_DEPTH * (TREE_ARITY - 1)
 HASH_BYTES = 32
 KEY_BYTES_MAX = 0xFFFF  # keys are length-prefixed with two bytes in leaf hashes
 
@@ -99,55 +106,76 @@ def _height_bytes(height: int) -> bytes:
 
 
 # --- the in-memory tree --------------------------------------------------------------------
-# Heap layout: nodes[1] is the root, nodes[BUCKET_COUNT + b] is bucket b's hash, and the
-# children of node i are 2i and 2i+1.
+# Flat layout, level by level from the root: nodes[0] is the root, level d (d = 0..4) starts
+# at _LEVEL_START[d], and the children of node j of level d are nodes 16j .. 16j + 15 of
+# level d + 1. Level 4 holds the bucket hashes: bucket b is nodes[_BUCKETS_START + b].
+
+_LEVEL_START = tuple((TREE_ARITY ** depth - 1) // (TREE_ARITY - 1) for depth in range(TREE_DEPTH + 1))
+_BUCKETS_START = _LEVEL_START[TREE_DEPTH]
+ROOT_INDEX = 0
+
+
+def tree_node_hash(children: list[bytes]) -> bytes:
+    """0x03 || the 16 child hashes in order."""
+    return hashlib.sha256(b"\x03" + b"".join(children)).digest()
+
 
 _empty_tree_cache: list[bytes] = []
 
 
 def _empty_tree() -> list[bytes]:
     if not _empty_tree_cache:
-        # Every node of one level of the empty tree has the same hash: 16 hashes, not 65,535.
-        nodes = [b""] * (2 * BUCKET_COUNT)
-        level_hash, width = EMPTY_BUCKET_HASH, BUCKET_COUNT
-        while width:
-            nodes[width:2 * width] = [level_hash] * width
-            level_hash, width = inner_hash(level_hash, level_hash), width // 2
+        # Every node of one level of the empty tree has the same hash: 5 hashes, not 4,369.
+        nodes = [b""] * (_BUCKETS_START + BUCKET_COUNT)
+        level_hash = EMPTY_BUCKET_HASH
+        for depth in range(TREE_DEPTH, -1, -1):
+            start = _LEVEL_START[depth]
+            nodes[start:start + TREE_ARITY ** depth] = [level_hash] * TREE_ARITY ** depth
+            level_hash = tree_node_hash([level_hash] * TREE_ARITY)
         _empty_tree_cache.extend(nodes)
     return list(_empty_tree_cache)
 
 
 def _tree_updates(nodes: list[bytes], buckets: Mapping[int, bytes]) -> dict[int, bytes]:
     """Node index -> new hash for every node on the paths from the changed buckets."""
-    changed = {BUCKET_COUNT + bucket: digest for bucket, digest in buckets.items()}
-    level = sorted(changed)
+    changed: dict[int, bytes] = {}
     sha = hashlib.sha256
-    get = changed.get
-    while level and level[0] > 1:
-        # `level` is sorted, so its parents come out sorted with repeats next to each other.
-        parents: list[int] = []
-        previous = -1
-        for index in level:
-            parent = index >> 1
-            if parent == previous:
-                continue
-            previous = parent
-            parents.append(parent)
-            left = parent << 1
-            # inline ledger.merkle.inner_hash: this loop is the hot part of a block's commit
-            changed[parent] = sha(
-                b"\x01" + (get(left) or nodes[left]) + (get(left | 1) or nodes[left | 1])
-            ).digest()
+    level: Mapping[int, bytes] = buckets  # position within the level -> new hash
+    for depth in range(TREE_DEPTH, 0, -1):
+        start = _LEVEL_START[depth]
+        parents: dict[int, bytes] = {}
+        row: list[bytes] = []
+        parent = -1
+        # Positions ascend, so the children of one parent come one after another.
+        for position in sorted(level):
+            digest = level[position]
+            changed[start + position] = digest
+            if position >> TREE_ARITY_BITS != parent:
+                if parent >= 0:
+                    # inline tree_node_hash: this loop is the hot part of a block's commit
+                    parents[parent] = sha(b"\x03" + b"".join(row)).digest()
+                parent = position >> TREE_ARITY_BITS
+                first = start + (parent << TREE_ARITY_BITS)
+                row = nodes[first:first + TREE_ARITY]
+            row[position & (TREE_ARITY - 1)] = digest
+        if parent >= 0:
+            parents[parent] = sha(b"\x03" + b"".join(row)).digest()
         level = parents
+    for position, digest in level.items():
+        changed[position] = digest  # the root: level 0 starts at index 0
     return changed
 
 
 def _siblings(nodes: list[bytes], changed: Mapping[int, bytes], bucket: int) -> list[bytes]:
+    """The 15 other children of each node on the path, bottom level first, in order."""
     out: list[bytes] = []
-    index = BUCKET_COUNT + bucket
-    while index > 1:
-        out.append(changed.get(index ^ 1, nodes[index ^ 1]))
-        index >>= 1
+    position = bucket
+    for depth in range(TREE_DEPTH, 0, -1):
+        first = _LEVEL_START[depth] + ((position >> TREE_ARITY_BITS) << TREE_ARITY_BITS)
+        own = _LEVEL_START[depth] + position
+        out.extend(changed.get(index, nodes[index])
+                   for index in range(first, first + TREE_ARITY) if index != own)
+        position >>= TREE_ARITY_BITS
     return out
 
 
@@ -160,7 +188,8 @@ class StateProof:
 
     `entries` are (key, SHA-256(value)) for every key in the bucket, in key order: K's own
     entry when present, and all the others so that absence can be shown. `siblings` are the
-    16 sibling hashes from the bucket up to the root.
+    60 sibling hashes from the bucket up to the root: at each of the 4 levels, bottom first,
+    the 15 other children of the path's node, in order.
     """
 
     bucket: int
@@ -202,7 +231,7 @@ def verify_state_proof(root: bytes, key: bytes, value: bytes | None, proof: Stat
     """
     if not isinstance(key, bytes) or not 0 < len(key) <= KEY_BYTES_MAX:
         return False
-    if proof.bucket != bucket_of(key) or len(proof.siblings) != BUCKET_BITS:
+    if proof.bucket != bucket_of(key) or len(proof.siblings) != PROOF_SIBLINGS:
         return False
     entries: dict[bytes, bytes] = {}
     previous: bytes | None = None
@@ -222,13 +251,16 @@ def verify_state_proof(root: bytes, key: bytes, value: bytes | None, proof: Stat
             return False
     elif entries.get(key) != value_hash(value):
         return False
+    if not all(isinstance(sibling, bytes) and len(sibling) == HASH_BYTES
+               for sibling in proof.siblings):
+        return False
     node = bucket_hash(entries)
-    index = BUCKET_COUNT + proof.bucket
-    for sibling in proof.siblings:
-        if not isinstance(sibling, bytes) or len(sibling) != HASH_BYTES:
-            return False
-        node = inner_hash(sibling, node) if index & 1 else inner_hash(node, sibling)
-        index >>= 1
+    position = proof.bucket
+    for level in range(TREE_DEPTH):
+        others = list(proof.siblings[level * (TREE_ARITY - 1):(level + 1) * (TREE_ARITY - 1)])
+        slot = position & (TREE_ARITY - 1)
+        node = tree_node_hash(others[:slot] + [node] + others[slot:])
+        position >>= TREE_ARITY_BITS
     return node == root
 
 
@@ -432,9 +464,9 @@ class WorldState:
             self._nodes[index] = digest
         stored_root = backend.get(ROOT_KEY)
         invariant(
-            stored_root is None or stored_root == self._nodes[1],
-            "state root rebuilt from bucket hashes differs from the stored root: "
-            "state metadata is corrupt",
+            stored_root is None or stored_root == self._nodes[ROOT_INDEX],
+            "state root rebuilt from bucket hashes differs from the stored root: state "
+            "metadata is corrupt, or was written by a version with another state commitment",
         )
         raw_height = backend.get(HEIGHT_KEY)
         self._height: int | None = None if raw_height is None else decode(raw_height)
@@ -446,7 +478,7 @@ class WorldState:
     # -- reading ----------------------------------------------------------------------------
     @property
     def root(self) -> bytes:
-        return self._nodes[1]
+        return self._nodes[ROOT_INDEX]
 
     @property
     def height(self) -> int | None:
@@ -548,13 +580,13 @@ class WorldState:
             # inline _bucket_hash_of_records(entries)
             new_hash = sha(b"\x02" + b"".join(
                 [entries[key][HASH_BYTES:] for key in sorted(entries)])).digest()
-            old_hash = self._nodes[BUCKET_COUNT + bucket]
+            old_hash = self._nodes[_BUCKETS_START + bucket]
             if new_hash != old_hash:
                 new_buckets[bucket] = new_hash
                 undo_buckets.append([bucket, old_hash])
                 ops.append((BUCKET_PREFIX + _bucket_bytes(bucket), new_hash if entries else None))
         updates = _tree_updates(self._nodes, new_buckets)
-        root = updates.get(1, self._nodes[1])
+        root = updates.get(ROOT_INDEX, self._nodes[ROOT_INDEX])
         ops.append((ROOT_KEY, root))
         if height is not None:
             # Keys in sorted order and only bytes/None/int inside: msgpack's own output is
@@ -670,7 +702,7 @@ class WorldState:
         for undo_height in range(self._height, height, -1):
             for changed_bucket, old_hash in self._undo(undo_height)["buckets"]:
                 old_buckets[changed_bucket] = old_hash
-        return _tree_updates(self._nodes, old_buckets).get(1, self._nodes[1])
+        return _tree_updates(self._nodes, old_buckets).get(ROOT_INDEX, self._nodes[ROOT_INDEX])
 
 
 def state_root_of(items: Mapping[bytes, bytes]) -> bytes:

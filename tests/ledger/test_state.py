@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 
 from ledger.codec import decode, encode
 from ledger.errors import CodecError, InvariantViolation
-from ledger.merkle import inner_hash
 from ledger.state import (
-    BUCKET_BITS,
     BUCKET_COUNT,
     EMPTY_BUCKET_HASH,
+    PROOF_SIBLINGS,
     ROOT_KEY,
     MemoryBackend,
     StateProof,
@@ -66,13 +65,14 @@ def test_empty_state_root_is_the_tree_of_empty_buckets() -> None:
 
 
 def _root_from_the_spec(items: dict[bytes, bytes]) -> bytes:
-    """docs/STATE.md spelled out: all 65,536 bucket hashes, then pairwise to one root."""
+    """docs/STATE.md spelled out: all 65,536 bucket hashes, then 16 at a time to one root."""
     buckets: dict[int, dict[bytes, bytes]] = {}
     for key, value in items.items():
         buckets.setdefault(bucket_of(key), {})[key] = hashlib.sha256(value).digest()
     level = [bucket_hash(buckets.get(index, {})) for index in range(BUCKET_COUNT)]
     while len(level) > 1:
-        level = [inner_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        level = [hashlib.sha256(b"\x03" + b"".join(level[i:i + 16])).digest()
+                 for i in range(0, len(level), 16)]
     return level[0]
 
 
@@ -246,7 +246,7 @@ def _populated() -> tuple[WorldState, bytes, bytes]:
 def test_proof_of_a_present_key_verifies_against_the_root() -> None:
     state, near, _ = _populated()
     proof = state.prove(near)
-    assert len(proof.siblings) == BUCKET_BITS
+    assert len(proof.siblings) == PROOF_SIBLINGS == 60
     assert len(proof.entries) >= 2
     assert verify_state_proof(state.root, near, b"near", proof)
 
@@ -288,10 +288,11 @@ def test_proof_rejects_a_hidden_entry() -> None:
 def test_proof_rejects_tampered_siblings_bucket_order_and_root() -> None:
     state, near, other = _populated()
     proof = state.prove(near)
-    flipped = bytes([proof.siblings[3][0] ^ 1]) + proof.siblings[3][1:]
-    siblings = proof.siblings[:3] + (flipped,) + proof.siblings[4:]
-    assert not verify_state_proof(state.root, near, b"near",
-                                  StateProof(proof.bucket, proof.entries, siblings))
+    for index in (3, 15 + 7, 30 + 14, 45):  # one sibling on each of the four levels
+        flipped = bytes([proof.siblings[index][0] ^ 1]) + proof.siblings[index][1:]
+        siblings = proof.siblings[:index] + (flipped,) + proof.siblings[index + 1:]
+        assert not verify_state_proof(state.root, near, b"near",
+                                      StateProof(proof.bucket, proof.entries, siblings))
     assert not verify_state_proof(state.root, near, b"near",
                                   StateProof(proof.bucket ^ 1, proof.entries, proof.siblings))
     assert not verify_state_proof(state.root, near, b"near",
@@ -362,7 +363,7 @@ def test_historical_proofs_match_the_root_and_value_at_each_height(
 @given(
     bucket=st.integers(-5, 70_000),
     entries=st.lists(st.tuples(st.binary(max_size=6), st.binary(max_size=33)), max_size=4),
-    siblings=st.lists(st.binary(min_size=31, max_size=33), max_size=17),
+    siblings=st.lists(st.binary(min_size=31, max_size=33), max_size=61),
     key=st.binary(max_size=6),
     value=st.one_of(st.none(), st.binary(max_size=4)),
 )
