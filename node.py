@@ -72,7 +72,7 @@ from ledger.mempool import Mempool, MempoolLimits
 from ledger.quorum import fault_tolerance
 from ledger.record_log import RecordLog, RecordWrite
 from ledger.sequences import CommittedSequences
-from ledger.state import WorldState
+from ledger.state import StateFormatError, WorldState
 from ledger.store import STORE_LIMIT_RANGES, BlockStore, StoreError, StoreMemoryLimits
 from ledger.tx import Tx, TxError
 from ledger.tx_verifier import TxVerifier
@@ -222,7 +222,11 @@ class Node:
                                   open_files_max=self.config.store_open_files_max))
         except StoreError as exc:
             raise NodeError(str(exc)) from exc
-        self.state = WorldState(self.store.db)
+        try:
+            self.state = WorldState(self.store.db)
+        except StateFormatError as exc:
+            self.store.close()
+            raise NodeError(f"the data dir {self.home / 'data'}: {exc.reason}") from exc
         self._init_genesis(modules)
         try:
             self.epochs = EpochHistory(self.store.db, self.genesis)

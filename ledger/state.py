@@ -14,6 +14,7 @@ LevelDB layout (all under this module's prefixes b"s/" and b"m/"):
     m/b/<bucket:2>             -> bucket hash          (absent = empty bucket)
     m/root                     -> state root after the last applied block
     m/height                   -> canonical int: height of the last applied writes
+    m/format                   -> STATE_FORMAT, written with the first writes
     m/diff/<height:8 BE>       -> undo record: previous values and bucket hashes
 
 Writes reach disk only through `PreparedState.ops`, which the block store writes in the
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import msgpack
 
 from ledger.codec import decode, encode
-from ledger.errors import CodecError, invariant
+from ledger.errors import CodecError, LedgerError, invariant
 from ledger.overlay import MemoryKV
 
 BUCKET_BITS = 16
@@ -52,6 +53,10 @@ BUCKET_PREFIX = b"m/b/"
 DIFF_PREFIX = b"m/diff/"
 ROOT_KEY = b"m/root"
 HEIGHT_KEY = b"m/height"
+FORMAT_KEY = b"m/format"
+# Names the commitment and layout; a database holding state in another format is refused
+# at open rather than read wrongly. (Before m/format existed the tree was binary.)
+STATE_FORMAT = b"tree16-v1"
 
 # One LevelDB operation: (key, value) puts, (key, None) deletes. The block store writes a
 # list of these in the same synced batch as the block.
@@ -59,6 +64,12 @@ StateOp = tuple[bytes, bytes | None]
 
 # Our own undo records can hold many large values; they never come from a peer.
 _DIFF_DECODE_BYTES_MAX = 1 << 32
+
+
+class StateFormatError(LedgerError):
+    """The database holds state written in another format than this code reads."""
+
+    code = "state_format"
 
 
 def bucket_of(key: bytes) -> int:
@@ -453,6 +464,14 @@ class WorldState:
         self._buckets: dict[int, dict[bytes, bytes]] = {}
         self._bucket_entries_cached = 0  # entries in all of _buckets
         self._empty_prefixes: dict[bytes, None] = {}
+        stored_format = backend.get(FORMAT_KEY)
+        self._format_written = backend.get(ROOT_KEY) is not None
+        if self._format_written and stored_format != STATE_FORMAT:
+            found = "the binary-tree format" if stored_format is None else repr(stored_format)
+            raise StateFormatError(
+                f"the database holds state in {found}, this node reads {STATE_FORMAT!r}; "
+                "give the node an empty data directory to sync into (a local testnet: "
+                "`cityledger testnet up --fresh`)")
         self._nodes = _empty_tree()
         persisted = {
             int.from_bytes(key[len(BUCKET_PREFIX):], "big"): digest
@@ -588,6 +607,8 @@ class WorldState:
         updates = _tree_updates(self._nodes, new_buckets)
         root = updates.get(ROOT_INDEX, self._nodes[ROOT_INDEX])
         ops.append((ROOT_KEY, root))
+        if not self._format_written:
+            ops.append((FORMAT_KEY, STATE_FORMAT))
         if height is not None:
             # Keys in sorted order and only bytes/None/int inside: msgpack's own output is
             # already canonical, and skipping the codec's checks halves this step.
@@ -612,6 +633,7 @@ class WorldState:
             self._nodes[index] = digest
         if prepared.height is not None:
             self._height = prepared.height
+        self._format_written = True
         self._version += 1
         self._update_caches(prepared)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledger.network_setup import init_network
+from ledger.state import ROOT_KEY
 from ledger.store import BlockStore, StoreMemoryLimits
 from node import Node, NodeError
 
@@ -59,3 +60,16 @@ def test_store_settings_reach_the_store(
     node = open_node(home)
     assert opened == [StoreMemoryLimits(block_cache_mb=16, open_files_max=64)]
     assert node.store.tip()[0] == 0  # opened with those limits and initialised with genesis
+
+
+def test_a_data_dir_of_another_state_format_stops_the_node_with_a_clear_error(
+        tmp_path: Path) -> None:
+    home = _home_with(tmp_path)
+    path = home / "data" / "ledger.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = BlockStore.open(path)
+    store.db.put(ROOT_KEY, bytes(32))  # state with no format marker: an older version's
+    store.close()
+    with pytest.raises(NodeError, match="binary-tree format.*empty data directory"):
+        Node(home)
+    BlockStore.open(path).close()  # the node let go of the database on its way out

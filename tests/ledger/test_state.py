@@ -17,9 +17,12 @@ from ledger.errors import CodecError, InvariantViolation
 from ledger.state import (
     BUCKET_COUNT,
     EMPTY_BUCKET_HASH,
+    FORMAT_KEY,
     PROOF_SIBLINGS,
     ROOT_KEY,
+    STATE_FORMAT,
     MemoryBackend,
+    StateFormatError,
     StateProof,
     WorldState,
     bucket_hash,
@@ -212,6 +215,20 @@ def test_reopening_with_corrupt_metadata_halts(tmp_path: Path) -> None:
     WorldState(db).commit({b"a": b"1"})
     db.put(ROOT_KEY, b"\x00" * 32)
     with pytest.raises(InvariantViolation):
+        WorldState(db)
+    db.close()
+
+
+def test_state_of_another_format_is_refused_at_open_with_a_typed_error(tmp_path: Path) -> None:
+    db = _open(tmp_path / "db")
+    WorldState(db).commit({b"a": b"1"})
+    assert db.get(FORMAT_KEY) == STATE_FORMAT  # written with the first writes
+    WorldState(db)  # and a reopen of the same format is fine
+    db.put(FORMAT_KEY, b"tree99")
+    with pytest.raises(StateFormatError, match="tree99"):
+        WorldState(db)
+    db.delete(FORMAT_KEY)  # what a database from before the marker looks like
+    with pytest.raises(StateFormatError, match="binary-tree format"):
         WorldState(db)
     db.close()
 
