@@ -470,8 +470,10 @@ class WorldState:
             found = "the binary-tree format" if stored_format is None else repr(stored_format)
             raise StateFormatError(
                 f"the database holds state in {found}, this node reads {STATE_FORMAT!r}; "
-                "give the node an empty data directory to sync into (a local testnet: "
-                "`cityledger testnet up --fresh`)")
+                "headers commit to state roots, so a network begun in another format "
+                "must be begun again (a local testnet: `cityledger testnet up --fresh`); "
+                "a node whose peers already run this format syncs into an empty data "
+                "directory")
         self._nodes = _empty_tree()
         persisted = {
             int.from_bytes(key[len(BUCKET_PREFIX):], "big"): digest

@@ -70,6 +70,6 @@ def test_a_data_dir_of_another_state_format_stops_the_node_with_a_clear_error(
     store = BlockStore.open(path)
     store.db.put(ROOT_KEY, bytes(32))  # state with no format marker: an older version's
     store.close()
-    with pytest.raises(NodeError, match="binary-tree format.*empty data directory"):
+    with pytest.raises(NodeError, match="binary-tree format.*begun again.*--fresh"):
         Node(home)
     BlockStore.open(path).close()  # the node let go of the database on its way out
