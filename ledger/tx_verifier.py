@@ -5,6 +5,10 @@ large batch (a client's batch, a catch-up run) is verified on a small thread poo
 chunks, using both cores. Requests arriving within one loop iteration are flushed together;
 a flush of a few (gossip, a proposal's unknown txs) is checked on the loop thread itself:
 the hand-off to a thread and the GIL going back and forth cost more than the checks.
+
+The same pool checks the commit certificates of a fetched catch-up range
+(verify_signatures), recording the good signatures in `signatures`, whose `verify` the
+replica is given: its own check of those certificates then runs no Ed25519 on the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 from ledger.crypto import sha256
+from ledger.crypto import verify as ed25519_verify
+from ledger.signature_cache import Triple, VerifiedSignatures, Verify
 from ledger.tx import Tx, TxError, decode_and_verify
 
 CHUNK_TXS = 128
@@ -25,14 +31,30 @@ VERIFY_THREADS = 2  # one per core of the machines we measure on
 # back and forth with the loop), and the loop is held for at most ~10 ms. Larger flushes
 # (client batches, catch-up runs) use the pool's threads, which overlap inside libsodium.
 INLINE_TXS_MAX = 64
+# Signature batches of at most this many (a certificate or two: a fetch of a seq the normal
+# case missed) are checked on the loop thread, for the same reason, holding it ~1.5 ms at
+# most; a catch-up range (32 certificates, ~100 signatures) goes to the pool. Unmeasured:
+# the threshold only has to sit between those two cases.
+INLINE_SIGNATURES_MAX = 16
+# A large signature batch is split in one chunk per thread (the caller waits for all of
+# it), but no chunk holds a thread longer than ~12 ms, so tx checks queued behind get in.
+CHUNK_SIGNATURES_MAX = 128
 
 
 class TxVerifier:
     def __init__(self, chain_id: str, threads: int = VERIFY_THREADS,
-                 inline_txs_max: int = INLINE_TXS_MAX) -> None:
+                 inline_txs_max: int = INLINE_TXS_MAX, *,
+                 inline_signatures_max: int = INLINE_SIGNATURES_MAX,
+                 verify: Verify = ed25519_verify) -> None:
         self.chain_id = chain_id
         self.inline_txs_max = inline_txs_max
+        self.inline_signatures_max = inline_signatures_max
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
+        # Signatures verified by verify_signatures, answered once each by signatures.verify
+        # (which falls back to `verify` for anything else).
+        self.signatures = VerifiedSignatures(verify)
+        self.signatures_checked = 0  # by verify_signatures, not counting cache answers
         # (raw, its hash, the future for its outcome), waiting for the next flush.
         self._pending: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]] = []
         self._flush_scheduled = False
@@ -104,6 +126,32 @@ class TxVerifier:
             for (index, _), result in zip(waiting, checked, strict=True):
                 results[index] = result
         return cast(list[Tx | TxError], results)  # every None was filled above
+
+    async def verify_signatures(self, triples: Sequence[Triple]) -> list[bool]:
+        """Whether each (public key, message, signature) is valid, in order; the valid ones
+        are recorded in `signatures` (on this thread: the pool only computes answers).
+        A triple already recorded there is answered without a check."""
+        cache = self.signatures
+        known = [triple in cache for triple in triples]
+        todo = [triple for triple, seen in zip(triples, known, strict=True) if not seen]
+        if len(todo) <= self.inline_signatures_max:
+            checked = self._check_signatures(todo)
+        else:
+            loop = asyncio.get_running_loop()
+            size = min(CHUNK_SIGNATURES_MAX, -(-len(todo) // self.threads))
+            parts = await asyncio.gather(*(
+                loop.run_in_executor(self._pool, self._check_signatures, todo[start:start + size])
+                for start in range(0, len(todo), size)))
+            checked = [ok for part in parts for ok in part]
+        self.signatures_checked += len(todo)
+        good = {triple for triple, ok in zip(todo, checked, strict=True) if ok}
+        for triple in good:
+            cache.add(triple)
+        return [seen or triple in good for triple, seen in zip(triples, known, strict=True)]
+
+    def _check_signatures(self, triples: Sequence[Triple]) -> list[bool]:
+        verify = self.signatures.real_verify
+        return [verify(key, message, signature) for key, message, signature in triples]
 
     def _flush(self) -> None:
         self._flush_scheduled = False
