@@ -97,15 +97,33 @@ def commit_vote_bytes(chain_id: str, view: int, seq: int, digest: bytes) -> byte
     return signing_payload("commit", chain_id, [view, seq, digest])
 
 
-def check_commit_proof(config: ReplicaConfig, proof: CommitProof) -> str | None:
+def _commit_proof_signers_problem(config: ReplicaConfig, proof: CommitProof) -> str | None:
     keys = [key for key, _ in proof.signatures]
-    members = set(config.validators)
     if len(set(keys)) != len(keys):
         return "a validator signed the certificate twice"
     if len(keys) < config.quorum:
         return f"{len(keys)} commit signatures, a quorum is {config.quorum}"
+    members = set(config.validators)
     if any(key not in members for key in keys):
         return "a certificate signer is not a validator"
+    return None
+
+
+def commit_proof_signatures(config: ReplicaConfig,
+                            proof: CommitProof) -> list[tuple[bytes, bytes, bytes]]:
+    """The (public key, message, signature) triples check_commit_proof would verify, with
+    the very same bytes; none for a proof it refuses before checking any signature. Lets
+    the node verify them elsewhere first (at most one per validator, whatever a peer sent)."""
+    if _commit_proof_signers_problem(config, proof) is not None:
+        return []
+    message = commit_vote_bytes(config.chain_id, proof.view, proof.seq, proof.digest)
+    return [(key, message, signature) for key, signature in proof.signatures]
+
+
+def check_commit_proof(config: ReplicaConfig, proof: CommitProof) -> str | None:
+    problem = _commit_proof_signers_problem(config, proof)
+    if problem is not None:
+        return problem
     message = commit_vote_bytes(config.chain_id, proof.view, proof.seq, proof.digest)
     for key, signature in proof.signatures:
         if not config.verify(key, message, signature):

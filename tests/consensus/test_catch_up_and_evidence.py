@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from consensus.certificates import check_commit_proof, commit_proof_signatures
 from consensus.events import CommitProof, CommittedFetched, MessageReceived, Send
 from consensus.messages import NULL_DIGEST, Checkpoint, Commit, Prepare, ViewChange
 from consensus.replica import FETCH_TIMER, PROGRESS_TIMER
@@ -209,3 +210,28 @@ def test_a_replica_that_caught_up_holds_no_slots_below_its_stable_checkpoint() -
         cluster.run()
     assert cluster.digests(3) == cluster.digests(0) and len(cluster.digests(3)) == 41
     assert sorted(lagger.slots) == [41]
+
+
+def test_commit_proof_signatures_are_exactly_what_the_certificate_check_verifies() -> None:
+    # The node verifies these on its pool before feeding a fetched range, so the replica's
+    # check finds them there: they must be the very bytes it checks, and none for a proof
+    # refused before any signature is checked (a peer cannot make it verify more).
+    cluster = _lagging_cluster()
+    proof = _fetched(cluster).certificate
+    checked: list[tuple[bytes, bytes, bytes]] = []
+
+    def recording(key: bytes, message: bytes, signature: bytes) -> bool:
+        checked.append((key, message, signature))
+        return True
+
+    config = replace(cluster.replica(3).config, verify=recording)
+    assert check_commit_proof(config, proof) is None
+    assert commit_proof_signatures(config, proof) == checked and len(checked) == 3
+    stranger = (sha256(b"not a validator"), bytes(64))
+    for refused in (replace(proof, signatures=proof.signatures[:2]),
+                    replace(proof, signatures=(proof.signatures[0],) * 3),
+                    replace(proof, signatures=proof.signatures * 50),
+                    replace(proof, signatures=(*proof.signatures[:2], stranger))):
+        checked.clear()
+        assert check_commit_proof(config, refused) is not None and checked == []
+        assert commit_proof_signatures(config, refused) == []
