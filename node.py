@@ -59,7 +59,13 @@ from consensus.events import (
     TimerFired,
     ValidateProposal,
 )
-from consensus.messages import NULL_DIGEST, MessageError, decode_message, encode_message
+from consensus.messages import (
+    NULL_DIGEST,
+    VALIDATORS_MAX,
+    MessageError,
+    decode_message,
+    encode_message,
+)
 from consensus.records import decode_record, encode_record
 from consensus.replica import PROGRESS_TIMER, REQUEST_TIMER, Replica
 from ledger.block import Block, BlockError, CommitCertificate
@@ -200,9 +206,21 @@ FetchedItem = tuple[int, bytes, CommitProof]  # (seq, payload, commit proof) of 
 def proof_from_map(data: Any) -> CommitProof:
     if not isinstance(data, dict):
         raise MessageError("commit proof must be a map")
+    # Byte fields must be bytes already: bytes(n) of a peer's integer n allocates n bytes
+    # (or raises OverflowError, which no frame handler catches). More signatures than a
+    # set can have validators are never a valid certificate, and would only be held.
+    signatures, digest = data.get("signatures"), data.get("digest")
+    if not isinstance(signatures, list) or len(signatures) > VALIDATORS_MAX \
+            or not isinstance(digest, bytes):
+        raise MessageError("malformed commit proof: digest or signatures")
+    pairs: list[tuple[bytes, bytes]] = []
+    for pair in signatures:
+        if not isinstance(pair, list) or len(pair) != 2 \
+                or not isinstance(pair[0], bytes) or not isinstance(pair[1], bytes):
+            raise MessageError("malformed commit proof: a signature is [public key, signature]")
+        pairs.append((pair[0], pair[1]))
     try:
-        pairs = tuple((bytes(k), bytes(s)) for k, s in data["signatures"])
-        return CommitProof(int(data["view"]), int(data["seq"]), bytes(data["digest"]), pairs)
+        return CommitProof(int(data["view"]), int(data["seq"]), digest, tuple(pairs))
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"malformed commit proof: {exc}") from exc
 

@@ -19,7 +19,7 @@ import pytest
 
 import node as node_module
 from consensus.events import CommittedFetched
-from consensus.messages import MessageError
+from consensus.messages import VALIDATORS_MAX, MessageError
 from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.crypto import KeyPair, sha256
 from ledger.crypto import verify as ed25519_verify
@@ -406,8 +406,13 @@ def test_malformed_frames_are_refused_at_once_and_a_peer_gets_two_frames_waiting
         good = answer(source, 1, 3)
         with pytest.raises(MessageError):  # raised before anything is queued or fed
             lagging._on_fetched(hostile, [*good, {"seq": 4}])
-        with pytest.raises(MessageError):
-            lagging._on_fetched(hostile, [{**good[0], "cert": {"view": 0}}])
+        cert = good[0]["cert"]
+        for bad_cert in ({"view": 0}, {**cert, "digest": 2**40},
+                         {**cert, "signatures": [[2**63, b"s"]]},  # was an OverflowError
+                         {**cert, "signatures": [[b"k", 10**9]]},  # was a 1 GB allocation
+                         {**cert, "signatures": [[b"k", b"s"]] * (VALIDATORS_MAX + 1)}):
+            with pytest.raises(MessageError):
+                lagging._on_fetched(hostile, [{**good[0], "cert": bad_cert}])
         assert not lagging._fetched and lagging._fetched_consumer is None
         with caplog.at_level(logging.INFO, logger="cityledger.node"):
             for _ in range(FETCHED_FRAMES_PER_PEER_MAX + 3):
