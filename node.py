@@ -396,13 +396,23 @@ class Node:
         Only a checkpoint boundary can end an epoch, and only by state every node agrees
         on (the pending change at that seq), so all nodes switch at the same sequence.
         """
-        interval = self.genesis.consensus.checkpoint_interval_blocks
         try:
-            epoch = None if seq % interval else due_epoch(
-                seq, interval, validators_pending(self.state.reader()), self.epochs.current)
+            epoch = self._epoch_due_after(seq)
         except EpochError as exc:
             self._halt(f"the approved validator set cannot take over: {exc.reason}")
             return
+        self._report_decided(seq, state_digest, epoch)
+
+    def _epoch_due_after(self, seq: int) -> Epoch | None:
+        """The epoch starting after `seq`, judged on the state as it is now (which must be
+        the state right after `seq`); EpochError when the pending change is corrupt."""
+        interval = self.genesis.consensus.checkpoint_interval_blocks
+        if seq % interval:
+            return None
+        return due_epoch(seq, interval, validators_pending(self.state.reader()),
+                         self.epochs.current)
+
+    def _report_decided(self, seq: int, state_digest: bytes, epoch: Epoch | None) -> None:
         if epoch is None:
             self.feed(Executed(seq, state_digest))
             return
@@ -766,11 +776,10 @@ class Node:
                 run = [action]
                 while not self._jobs.empty() and len(run) < RUN_BLOCKS_MAX:
                     following = self._jobs.get_nowait()
-                    # A run ends at a checkpoint boundary: a validator-set change can
-                    # take over there, judged on the state right after that seq.
+                    # A run may cross checkpoint boundaries: _execute_run stops at one where
+                    # a validator-set change takes over (and that set drops the rest).
                     if not (isinstance(following, Execute) and following.payload
-                            and following.seq == run[-1].seq + 1
-                            and run[-1].seq % self.genesis.consensus.checkpoint_interval_blocks):
+                            and following.seq == run[-1].seq + 1):
                         carried = following
                         break
                     run.append(following)
@@ -904,6 +913,12 @@ class Node:
         before asking; here every tx signature (in parallel on the verify pool) and every
         header and hash link (Chain) is checked before that block is written. Executed is
         reported only once the whole run is durable.
+
+        A run crosses checkpoint boundaries (one fsync per run, not per checkpoint
+        interval: with 16-block intervals a sync waited ~15 ms in every ~60). At each
+        boundary the validator-set rule is judged on the state right after it, as a single
+        Execute would be; where a new set takes over, the run ends there and the rest,
+        the old set's jobs, is dropped with the job queue when that set starts.
         """
         blocks: list[Block] = []
         for action in run:
@@ -928,11 +943,23 @@ class Node:
             items.append((block, cert, [tx for tx in part if isinstance(tx, Tx)]))
         committed: list[Speculation] = []
         rejected: ProposalRejected | None = None
-        for run_slice in _slices_of_txs(items, RUN_SLICE_TXS):
+        interval = self.genesis.consensus.checkpoint_interval_blocks
+        epoch: Epoch | None = None  # the set taking over after the run's last block
+        epoch_problem: str | None = None
+        for run_slice in _slices_of_txs(items, RUN_SLICE_TXS, interval):
             done, rejected = self.chain.commit_certified_run(run_slice, sync=False)
             committed.extend(done)
             if rejected is not None:
                 break
+            boundary = run_slice[-1][1].seq
+            if boundary % interval == 0:  # slices end at every boundary
+                try:
+                    epoch = self._epoch_due_after(boundary)
+                except EpochError as exc:
+                    epoch_problem = f"the approved validator set cannot take over: {exc.reason}"
+                if epoch is not None or epoch_problem is not None:
+                    run = run[:len(committed)]
+                    break
             # Let the loop read the next fetched range and hand its txs to the verify pool
             # while this run goes on: a run holds the loop for ~20 ms per 100 txs, and a
             # fetched range arrives in many reads, each one a loop iteration.
@@ -945,7 +972,15 @@ class Node:
         for speculation in committed:
             self._after_commit(speculation)
         for action, speculation in zip(run, committed, strict=False):
-            self._report_executed(action.seq, speculation.block.hash)
+            if epoch_problem is not None and action.seq == run[-1].seq:
+                self._halt(epoch_problem)  # as a single Execute of that seq would
+                return
+            # Decided as each boundary was committed, not now: later blocks of the run
+            # may already have changed the pending validator set.
+            self._report_decided(action.seq, speculation.block.hash,
+                                 epoch if action.seq == run[-1].seq else None)
+        if epoch is not None:
+            return  # the new set's replica started; the old one's deferred jobs are gone
         if len(committed) < len(run):
             failed = run[len(committed)]
             reason = rejected.reason if rejected is not None else bad
@@ -1304,8 +1339,10 @@ def records_prefix(epoch: int) -> bytes:
     return b"cons/rec/" if epoch == 0 else f"cons/rec-e{epoch}/".encode()
 
 
-def _slices_of_txs(items: list[CertifiedBlock], txs_max: int) -> list[list[CertifiedBlock]]:
-    """Consecutive slices of `items`, each closed once it holds txs_max txs or more."""
+def _slices_of_txs(items: list[CertifiedBlock], txs_max: int,
+                   interval: int) -> list[list[CertifiedBlock]]:
+    """Consecutive slices of `items`, each closed once it holds txs_max txs or more, or
+    after the block of a checkpoint boundary (a seq that is a multiple of `interval`)."""
     slices: list[list[CertifiedBlock]] = [[]]
     txs = 0
     for item in items:
@@ -1314,6 +1351,10 @@ def _slices_of_txs(items: list[CertifiedBlock], txs_max: int) -> list[list[Certi
             txs = 0
         slices[-1].append(item)
         txs += len(item[2])
+        if item[1].seq % interval == 0:
+            txs = txs_max  # the next block starts a new slice
+    if not slices[-1]:
+        slices.pop()
     return slices
 
 

@@ -7,6 +7,7 @@ fresh node fed the source's own `fetched` answers; a recording transport stands 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -92,6 +93,18 @@ async def execute_until(node: Node, seq: int, timeout_s: float = 30) -> None:
     try:
         deadline = time.monotonic() + timeout_s
         while node.executed_seq < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+
+
+async def reported_until(node: Node, seq: int, timeout_s: float = 30) -> None:
+    """Run the node's job worker until its replica has heard that `seq` is executed."""
+    worker = asyncio.create_task(node._job_worker())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (node.replica is None or node.replica.last_executed < seq) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
     finally:
         worker.cancel()
@@ -449,3 +462,91 @@ def test_a_frame_cancelled_while_its_certificates_are_checked_is_never_fed(
         assert lagging._fetched_consumer is None and lagging._fetched_waiting == {}
 
     asyncio.run(scenario())
+
+
+def _counting_syncs(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the stored height at each fsync the node asks of its store."""
+    heights: list[int] = []
+    real_sync = node.store.sync
+
+    def sync() -> None:
+        heights.append(node.store.tip()[0])
+        real_sync()
+
+    monkeypatch.setattr(node.store, "sync", sync)
+    return heights
+
+
+def test_a_run_crosses_checkpoint_boundaries_with_one_fsync(
+        nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs used to end at every checkpoint boundary: with 16-block intervals a syncing node
+    # waited for an fsync (~15 ms) every 16 blocks, a quarter of its time (S11).
+    source, lagging, keys = nodes
+    interval = lagging.genesis.consensus.checkpoint_interval_blocks
+    blocks = 2 * interval
+    assert blocks <= FETCH_SEQS_MAX
+    commit_history(source, keys, blocks, lambda seq: transfers(source, seq, 1))
+    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
+    syncs = _counting_syncs(lagging, monkeypatch)
+    peer = keys[2].public_key
+
+    async def scenario() -> None:
+        lagging._peer_seq[peer] = blocks
+        await take(lagging, peer, answer(source, 1, blocks))
+        await reported_until(lagging, blocks)
+
+    asyncio.run(scenario())
+    assert lagging.store.tip()[1] == source.store.block(blocks).hash  # type: ignore[union-attr]
+    assert syncs == [blocks]  # one run over both boundaries
+    assert lagging.replica is not None and lagging.replica.last_executed == blocks
+    # Each boundary was still reported on its own: the replica took a checkpoint at both.
+    for seq in (interval, blocks):
+        assert lagging.replica.state_digests[seq] == source.store.block(seq).hash  # type: ignore[union-attr]
+
+
+def test_a_run_ends_at_the_boundary_where_an_approved_validator_set_takes_over(
+        nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Governance in the history approves a three-validator set early on; the change takes
+    # over after the first checkpoint boundary. A run over that boundary must stop there,
+    # judged on the state right after it, and hand over to the new set, whose replica does
+    # not take the old set's later jobs.
+    source, lagging, keys = nodes
+    interval = lagging.genesis.consensus.checkpoint_interval_blocks
+    blocks = 2 * interval
+    accounts = source.home.parent / "accounts"
+    genesis_set = json.loads((source.home.parent / "genesis.json").read_text())["validators"]
+
+    def governance(seq: int) -> list[Tx]:
+        if seq == 1:
+            return [sign_tx(KeyPair.load(accounts / "treasury.json"), source.chain_id,
+                            "governance", "propose", 0,
+                            {"kind": "set_validators", "validators": genesis_set[:3]})]
+        if seq in (2, 3):
+            agency = "civil-registry" if seq == 2 else "utility"
+            return [sign_tx(KeyPair.load(accounts / f"{agency}.json"), source.chain_id,
+                            "governance", "approve", 0, {"proposal_id": 1})]
+        return []
+
+    commit_history(source, keys, blocks, governance)
+    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
+    syncs = _counting_syncs(lagging, monkeypatch)
+    peer = keys[2].public_key
+
+    async def scenario() -> None:
+        lagging._peer_seq[peer] = blocks
+        await take(lagging, peer, answer(source, 1, blocks))
+        deadline = time.monotonic() + 30
+        worker = asyncio.create_task(lagging._job_worker())
+        while lagging.epochs.current.number == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # let the worker go on, were it to take more
+        worker.cancel()
+
+    asyncio.run(scenario())
+    assert lagging.halted is None
+    assert lagging.epochs.current.number == 1
+    assert lagging.epochs.current.first_seq == interval + 1
+    assert len(lagging.validators) == 3
+    assert syncs == [interval]  # the run stopped at the boundary
+    assert lagging.store.tip()[1] == source.store.block(interval).hash  # type: ignore[union-attr]
+    assert lagging._jobs.empty()
