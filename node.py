@@ -308,6 +308,9 @@ class Node:
         # there; one consumer task at a time takes them, see _on_fetched.
         self._fetched: deque[tuple[bytes, list[FetchedItem]]] = deque()
         self._fetched_waiting: dict[bytes, int] = {}
+        # The highest seq of the queued frames that extend what is issued, one after
+        # another: the stream asks past it without waiting for their checks (_on_fetched).
+        self._queued_high = 0
         self._fetched_consumer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started_ms = int(time.time() * 1000)
@@ -1117,6 +1120,17 @@ class Node:
             return
         self._fetched_waiting[peer] = waiting + 1
         self._fetched.append((peer, frame))
+        # Ask for the next range now, not once this frame's certificates are checked: that
+        # check waits for the verify pool and for loop turns a catch-up run hands out only
+        # between its slices, and a stream that waited for it fell behind execution (runs
+        # then waited for their txs' checks: 10-15 s of a 10k-block sync, S11). A frame
+        # that does not extend the queued range (a repeat from another peer) asks nothing.
+        known = max(self._issued_seq(), self._queued_high)
+        first_seq, last_seq = frame[0][0], max(seq for seq, _, _ in frame)
+        if first_seq <= known + 1 < last_seq + 1:
+            self._queued_high = last_seq
+            self._stream_peer = peer
+            self._continue_fetch()
         if self._fetched_consumer is None:
             consumer = asyncio.get_running_loop().create_task(self._consume_fetched(),
                                                               name="fetched")
@@ -1130,11 +1144,18 @@ class Node:
                 peer, frame = self._fetched.popleft()
                 try:
                     await self._verify_certificates(frame)
-                    self._take_fetched(peer, frame)
+                    self._take_fetched(frame)
                 except (LedgerError, ValueError, TypeError) as exc:  # as on_peer_message
                     log.info("dropping bad 'fetched' frame from %s: %s",
                              self.names.get(peer, peer.hex()[:16]), exc)
                 finally:
+                    if self._issued_seq() < min(self._queued_high,
+                                                max(seq for seq, _, _ in frame)):
+                        # Not all taken (bad certificates, or a gap): the stream asked
+                        # past what it has; start again from what is issued, elsewhere.
+                        self._queued_high = 0
+                        if self._stream_peer == peer:
+                            self._stream_peer = None
                     left = self._fetched_waiting.pop(peer, 1) - 1
                     if left > 0:
                         self._fetched_waiting[peer] = left
@@ -1164,9 +1185,9 @@ class Node:
         if triples:
             await self.verifier.verify_signatures(list(triples))
 
-    def _take_fetched(self, peer: bytes, frame: list[FetchedItem]) -> None:
-        last = 0
-        issued_before = self._issued_seq()
+    def _take_fetched(self, frame: list[FetchedItem]) -> None:
+        """Feed a checked frame to the replica (or follow it); the next range was asked
+        for when it arrived (_on_fetched)."""
         fed: list[tuple[int, bytes]] = []
         for seq, payload, proof in frame:
             if self.replica is None:
@@ -1175,17 +1196,8 @@ class Node:
             else:
                 self.feed(CommittedFetched(seq, payload, proof))
                 fed.append((seq, payload))
-            last = max(last, seq)
         if fed:
             self._preverify(fed)
-        # Ask for the next range at once instead of at the next tip announcement, so a
-        # long catch-up streams (the replica takes up to fetch_seqs_max ahead of execution).
-        # Only a peer whose answer moved us on is asked again: several peers are asked for
-        # the same first range, and a stream per peer would fetch the history once per peer.
-        advanced = self._issued_seq() > issued_before
-        if last and advanced:
-            self._stream_peer = peer
-            self._continue_fetch()
 
     def _preverify(self, fed: list[tuple[int, bytes]]) -> None:
         """Start checking the signatures of fetched blocks a quorum certified, on the pool,
@@ -1215,7 +1227,7 @@ class Node:
         peer = self._stream_peer
         if peer is None or self.p2p is None:
             return
-        first = self._issued_seq() + 1
+        first = max(self._issued_seq(), self._queued_high) + 1
         if first - 1 - self.executed_seq >= FETCH_AHEAD_SEQS_MAX:
             return  # resumed by the job worker
         self._stream_peer = None
