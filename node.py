@@ -122,9 +122,10 @@ DECODED_BLOCKS_MAX = FETCH_AHEAD_SEQS_MAX + 8
 # ...and by size: 104 full proposals would be 156 MB of payload, several times that decoded.
 DECODED_BYTES_MAX = FETCH_BYTES_MAX + 2 * PROPOSAL_BYTES_MAX
 # Fetched frames of one peer waiting for their certificates' check, at most. An honest peer
-# has two answers in flight at most (the stream's or a tip's ask, and the replica's own
-# fetch); more are dropped, so a hostile one holds at most this many frames (<= 8 MB each).
-FETCHED_FRAMES_PER_PEER_MAX = 2
+# has at most the stream's answers in flight (it asks again as each arrives, up to the
+# fetch-ahead bound) and one more (a tip's ask or the replica's own fetch); more are
+# dropped, so a hostile one holds at most this many frames (<= 8 MB each).
+FETCHED_FRAMES_PER_PEER_MAX = FETCH_AHEAD_SEQS_MAX // FETCH_SEQS_MAX + 1
 
 
 class NodeError(Exception):
