@@ -434,6 +434,7 @@ class Node:
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._deferred.clear()
+        self._queued_high = 0  # fetched past the switch for the old set: asked again
         self._withdrawn.clear()
         self.speculations.clear()
         self._epoch_switches += 1
@@ -919,10 +920,11 @@ class Node:
         reported only once the whole run is durable.
 
         A run crosses checkpoint boundaries (one fsync per run, not per checkpoint
-        interval: with 16-block intervals a sync waited ~15 ms in every ~60). At each
-        boundary the validator-set rule is judged on the state right after it, as a single
-        Execute would be; where a new set takes over, the run ends there and the rest,
-        the old set's jobs, is dropped with the job queue when that set starts.
+        interval: with 16-block intervals a sync waited ~15 ms for an fsync after every
+        ~50 ms of execution). At each boundary the validator-set rule is judged on the
+        state right after it, as a single Execute would be; where a new set takes over,
+        the run ends there and the rest, the old set's jobs, is dropped with the job
+        queue when that set starts.
         """
         blocks: list[Block] = []
         for action in run:
@@ -1122,10 +1124,10 @@ class Node:
         self._fetched_waiting[peer] = waiting + 1
         self._fetched.append((peer, frame))
         # Ask for the next range now, not once this frame's certificates are checked: that
-        # check waits for the verify pool and for loop turns a catch-up run hands out only
-        # between its slices, and a stream that waited for it fell behind execution (runs
-        # then waited for their txs' checks: 10-15 s of a 10k-block sync, S11). A frame
-        # that does not extend the queued range (a repeat from another peer) asks nothing.
+        # check waits for the verify pool and for the loop turns a catch-up run gives out
+        # only between its slices, and a stream that waited for it kept about one range
+        # ahead of execution (runs of ~32 blocks; ~41 since, S11). A frame that does not
+        # extend the queued range (a repeat from another peer) asks nothing.
         known = max(self._issued_seq(), self._queued_high)
         first_seq, last_seq = frame[0][0], max(seq for seq, _, _ in frame)
         if first_seq <= known + 1 < last_seq + 1:
