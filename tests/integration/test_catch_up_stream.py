@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from consensus.events import CommittedFetched
 from consensus.messages import VALIDATORS_MAX, MessageError
 from ledger.block import Block, CommitCertificate, commit_vote_bytes
 from ledger.crypto import KeyPair, sha256
-from ledger.crypto import verify as ed25519_verify
 from ledger.network_setup import init_network
 from ledger.tx import Tx, sign_tx
 from node import (
@@ -33,6 +31,7 @@ from node import (
     STREAM_ANSWER_WAIT_S,
     Node,
 )
+from tests.counting_verify import CountingVerify
 
 HISTORY_SEQS = FETCH_AHEAD_SEQS_MAX + 2 * FETCH_SEQS_MAX
 
@@ -309,24 +308,6 @@ def test_tips_ask_for_nothing_while_the_stream_waits_for_its_answer(
     asyncio.run(scenario())
 
 
-class CountingVerify:
-    """Ed25519 for real, recording each check: its triple, answer and thread."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[bytes, bytes, bytes], bool, str]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
-        ok = ed25519_verify(public_key, message, signature)
-        with self._lock:
-            self.calls.append(((public_key, message, signature), ok,
-                               threading.current_thread().name))
-        return ok
-
-    def on_loop(self) -> list[tuple[tuple[bytes, bytes, bytes], bool, str]]:
-        return [call for call in self.calls if not call[2].startswith("verify")]
-
-
 def with_forged_signature(item: dict[str, Any], which: int) -> dict[str, Any]:
     signatures = [list(pair) for pair in item["cert"]["signatures"]]
     signature = signatures[which][1]
@@ -477,6 +458,13 @@ def _counting_syncs(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return heights
 
 
+async def _fetch_all(source: Node, lagging: Node, peer: bytes, blocks: int) -> None:
+    """Hand `lagging` the source's first `blocks` seqs as one answer from `peer`."""
+    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
+    lagging._peer_seq[peer] = blocks
+    await take(lagging, peer, answer(source, 1, blocks))
+
+
 def test_a_run_crosses_checkpoint_boundaries_with_one_fsync(
         nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs used to end at every checkpoint boundary: with 16-block intervals a syncing node
@@ -486,13 +474,10 @@ def test_a_run_crosses_checkpoint_boundaries_with_one_fsync(
     blocks = 2 * interval
     assert blocks <= FETCH_SEQS_MAX
     commit_history(source, keys, blocks, lambda seq: transfers(source, seq, 1))
-    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
     syncs = _counting_syncs(lagging, monkeypatch)
-    peer = keys[2].public_key
 
     async def scenario() -> None:
-        lagging._peer_seq[peer] = blocks
-        await take(lagging, peer, answer(source, 1, blocks))
+        await _fetch_all(source, lagging, keys[2].public_key, blocks)
         await reported_until(lagging, blocks)
 
     asyncio.run(scenario())
@@ -528,13 +513,10 @@ def test_a_run_ends_at_the_boundary_where_an_approved_validator_set_takes_over(
         return []
 
     commit_history(source, keys, blocks, governance)
-    lagging.p2p = RecordingPeers()  # type: ignore[assignment]
     syncs = _counting_syncs(lagging, monkeypatch)
-    peer = keys[2].public_key
 
     async def scenario() -> None:
-        lagging._peer_seq[peer] = blocks
-        await take(lagging, peer, answer(source, 1, blocks))
+        await _fetch_all(source, lagging, keys[2].public_key, blocks)
         deadline = time.monotonic() + 30
         worker = asyncio.create_task(lagging._job_worker())
         while lagging.epochs.current.number == 0 and time.monotonic() < deadline:

@@ -6,24 +6,9 @@ import asyncio
 import threading
 
 from ledger.crypto import KeyPair
-from ledger.crypto import verify as ed25519_verify
 from ledger.signature_cache import Triple, VerifiedSignatures
 from ledger.tx_verifier import TxVerifier
-
-
-class CountingVerify:
-    """The real Ed25519 check, counting its calls and the threads they ran on."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Triple, bool, str]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
-        ok = ed25519_verify(public_key, message, signature)
-        with self._lock:
-            self.calls.append(((public_key, message, signature), ok,
-                               threading.current_thread().name))
-        return ok
+from tests.counting_verify import CountingVerify
 
 
 def signed(count: int) -> list[Triple]:
