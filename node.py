@@ -976,7 +976,13 @@ class Node:
             await asyncio.get_running_loop().run_in_executor(self._record_writer,
                                                              self.store.sync)
         for speculation in committed:
-            self._after_commit(speculation)
+            self._after_commit(speculation, log_it=False)
+        if committed:
+            # One line per run, not per block: a 100k-block sync wrote 100k of them.
+            first_block, last_block = committed[0].block, committed[-1].block
+            log.info("committed heights %d..%d (%d blocks, %d txs) %s",
+                     first_block.header.height, last_block.header.height, len(committed),
+                     sum(len(done.txs) for done in committed), last_block.hash.hex()[:16])
         for action, speculation in zip(run, committed, strict=False):
             if epoch_problem is not None and action.seq == run[-1].seq:
                 self._halt(epoch_problem)  # as a single Execute of that seq would
@@ -1001,7 +1007,7 @@ class Node:
         for seq in [s for s in self._deferred if s <= last]:
             del self._deferred[seq]
 
-    def _after_commit(self, speculation: Speculation) -> None:
+    def _after_commit(self, speculation: Speculation, *, log_it: bool = True) -> None:
         height = speculation.block.header.height
         hashes = [tx.hash for tx in speculation.txs]
         self.mempool.remove(hashes)
@@ -1027,8 +1033,9 @@ class Node:
                                                "index": index,
                                                "receipt": jsonable(receipt.to_wire())})
         self.speculations.pop(speculation.block.hash, None)
-        log.info("committed height %d (%d txs) %s", height, len(hashes),
-                 speculation.block.hash.hex()[:16])
+        if log_it:
+            log.info("committed height %d (%d txs) %s", height, len(hashes),
+                     speculation.block.hash.hex()[:16])
 
     def _halt(self, reason: str) -> None:
         self.halted = reason

@@ -466,7 +466,8 @@ async def _fetch_all(source: Node, lagging: Node, peer: bytes, blocks: int) -> N
 
 
 def test_a_run_crosses_checkpoint_boundaries_with_one_fsync(
-        nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch) -> None:
+        nodes: tuple[Node, Node, list[KeyPair]], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     # Runs used to end at every checkpoint boundary: with 16-block intervals a syncing node
     # waited for an fsync (~15 ms) every 16 blocks, a quarter of its time (S11).
     source, lagging, keys = nodes
@@ -480,7 +481,10 @@ def test_a_run_crosses_checkpoint_boundaries_with_one_fsync(
         await _fetch_all(source, lagging, keys[2].public_key, blocks)
         await reported_until(lagging, blocks)
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, logger="cityledger.node"):
+        asyncio.run(scenario())
+    commits = [r.getMessage() for r in caplog.records if "committed height" in r.getMessage()]
+    assert len(commits) == 1 and commits[0].startswith(f"committed heights 1..{blocks} ")
     assert lagging.store.tip()[1] == source.store.block(blocks).hash  # type: ignore[union-attr]
     assert syncs == [blocks]  # one run over both boundaries
     assert lagging.replica is not None and lagging.replica.last_executed == blocks
