@@ -1135,10 +1135,9 @@ class Node:
         # only between its slices, and a stream that waited for it kept about one range
         # ahead of execution (runs of ~32 blocks; ~41 since, S11). A frame that does not
         # extend the queued range (a repeat from another peer) asks nothing.
-        known = max(self._issued_seq(), self._queued_high)
-        first_seq, last_seq = frame[0][0], max(seq for seq, _, _ in frame)
-        if first_seq <= known + 1 < last_seq + 1:
-            self._queued_high = last_seq
+        next_seq = max(self._issued_seq(), self._queued_high) + 1
+        if frame[0][0] <= next_seq <= _last_seq(frame):
+            self._queued_high = _last_seq(frame)
             self._stream_peer = peer
             self._continue_fetch()
         if self._fetched_consumer is None:
@@ -1159,8 +1158,7 @@ class Node:
                     log.info("dropping bad 'fetched' frame from %s: %s",
                              self.names.get(peer, peer.hex()[:16]), exc)
                 finally:
-                    if self._issued_seq() < min(self._queued_high,
-                                                max(seq for seq, _, _ in frame)):
+                    if self._issued_seq() < min(self._queued_high, _last_seq(frame)):
                         # Not all taken (bad certificates, or a gap): the stream asked
                         # past what it has; start again from what is issued, elsewhere.
                         self._queued_high = 0
@@ -1376,8 +1374,12 @@ def _slices_of_txs(items: list[CertifiedBlock], txs_max: int,
         if item[1].seq % interval == 0:
             txs = txs_max  # the next block starts a new slice
     if not slices[-1]:
-        slices.pop()
+        slices.pop()  # no items at all (a bad tx in the run's first block)
     return slices
+
+
+def _last_seq(frame: list[FetchedItem]) -> int:
+    return max(seq for seq, _, _ in frame)
 
 
 def _now_ms() -> int:
