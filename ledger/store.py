@@ -11,6 +11,7 @@ Key layout (H8 = height as 8-byte big-endian, I4 = tx index as 4-byte big-endian
     chain/genesis_hash       -> genesis hash (32 bytes)
     chain/genesis_state_root -> state root after genesis (32 bytes)
     chain/tip                -> H8 + tip block hash (32) + tip certificate seq (8, BE)
+    chain/sync_mark          -> b"" (what `sync()` writes synced; see there)
     hdr/  + H8               -> canonical header bytes
     tx/   + H8 + I4          -> signed tx wire bytes (the block is header + these, in order)
     rcpt/ + H8 + I4          -> receipt bytes of that tx
@@ -27,6 +28,7 @@ Height 0 is genesis: it has a hash and a state root but no stored block or certi
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ STATE_PREFIXES = (b"s/", b"m/")
 GENESIS_HASH_KEY = b"chain/genesis_hash"
 GENESIS_STATE_ROOT_KEY = b"chain/genesis_state_root"
 TIP_KEY = b"chain/tip"
+SYNC_MARK_KEY = b"chain/sync_mark"  # written (synced) by sync(); its value means nothing
 HEADER_PREFIX = b"hdr/"
 TX_PREFIX = b"tx/"
 RECEIPT_PREFIX = b"rcpt/"
@@ -92,6 +95,30 @@ class StoreError(LedgerError):
     """A block or genesis the store refuses, or a store it cannot open; nothing was written."""
 
     code = "store_error"
+
+
+def fsync_older_logs(directory: Path) -> list[str]:
+    """fsync every LevelDB log in `directory` but the newest (the one in use); their names.
+
+    LevelDB numbers its files in creation order, so the highest-numbered `NNNNNN.log` is
+    the current log. An older one exists only until its memtable is flushed to a table,
+    after which LevelDB deletes it; one deleted meanwhile needs nothing (the table it
+    became was synced).
+    """
+    logs = sorted((int(name[:-4]), name) for name in os.listdir(directory)
+                  if name.endswith(".log") and name[:-4].isdigit())
+    synced: list[str] = []
+    for _, name in logs[:-1]:
+        try:
+            fd = os.open(directory / name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        synced.append(name)
+    return synced
 
 
 def _h8(height: int) -> bytes:
@@ -236,9 +263,10 @@ class BlockStore:
         Refuses (StoreError, nothing written) a block that does not extend the tip, a
         certificate for another block or an older sequence, or receipts that do not match.
         `sync=False` is for a run of certified blocks written back to back: the batch is
-        still atomic and ordered (a crash loses at most a suffix of such blocks, never
-        part of one), and the caller makes the run durable with `sync()` before it tells
-        anyone the blocks are executed. `tx_hashes`, when the caller has them, are the
+        still atomic and ordered (a process crash loses at most a suffix of such blocks,
+        never part of one; a power loss before `sync()` may also lose blocks written
+        before a switch of LevelDB's log and keep later ones), and the caller makes the
+        run durable with `sync()` before it tells anyone the blocks are executed. `tx_hashes`, when the caller has them, are the
         SHA-256 of each of the block's txs (the chain's decoded txs carry them).
         `accepted` says which receipts accept their tx: those txs are indexed here whatever
         an earlier block held; the others only if no block held them before (one read
@@ -309,10 +337,23 @@ class BlockStore:
         self._tip = (height, block.hash, cert.seq)
 
     def sync(self) -> None:
-        """Make every earlier write durable: LevelDB syncs its log, which holds them all."""
+        """Make every earlier write durable, unsynced block batches included.
+
+        A synced write fsyncs only LevelDB's current log. When the memtable is full, the
+        next write starts a new log and leaves the old one unsynced until its memtable is
+        flushed to a (synced) table: blocks written unsynced before that switch sit in the
+        old log's page cache while a synced write in the new log returns. So older logs
+        still on disk are fsynced before the synced write (switches during a run) and after
+        it (a switch the synced write itself started). The synced write is a mark that
+        names nothing: a power loss between it and the last fsync loses at most a suffix
+        of the unsynced blocks, and never leaves the tip naming a lost one.
+        """
         if self._tip is None:
             raise StoreError("the store has no genesis yet", code="store_uninitialised")
-        self.db.put(TIP_KEY, _TIP.pack(*self._tip), sync=True)  # rewrites the same value
+        directory = Path(self.db.name)
+        fsync_older_logs(directory)
+        self.db.put(SYNC_MARK_KEY, b"", sync=True)
+        fsync_older_logs(directory)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,13 @@ from ledger.store import (
     CERT_PREFIX,
     HEADER_PREFIX,
     RECEIPT_PREFIX,
+    SYNC_MARK_KEY,
+    TIP_KEY,
     TX_LOCATION_PREFIX,
     BlockStore,
     StoreError,
     StoreMemoryLimits,
+    fsync_older_logs,
 )
 from ledger.verify import verify_chain
 from tests.ledger.chainmaker import (
@@ -420,3 +424,78 @@ def test_verify_chain_reports_the_first_tampered_height(store, tamper) -> None: 
     assert report.first_bad_height == 3, report
     assert report.blocks_checked == 2
     assert report.reason
+
+
+# -- durability across LevelDB's log switches -------------------------------------------
+
+
+def _recording_fsync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the file name behind every os.fsync (the real fsync still runs)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_fsync_older_logs_syncs_every_log_but_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("000003.log", "000012.log", "000009.log", "MANIFEST-000002", "000005.ldb",
+                 "notes.log", "LOG"):
+        (tmp_path / name).write_bytes(b"x")
+    synced = _recording_fsync(monkeypatch)
+    assert fsync_older_logs(tmp_path) == ["000003.log", "000009.log"]
+    assert synced == ["000003.log", "000009.log"]
+
+
+def test_fsync_older_logs_skips_a_log_flushed_and_deleted_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "000004.log").write_bytes(b"x")
+    (tmp_path / "000007.log").write_bytes(b"x")
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir",
+                        lambda path: [*real_listdir(path), "000001.log"])  # gone by open
+    assert fsync_older_logs(tmp_path) == ["000004.log"]
+    (tmp_path / "000004.log").unlink()
+    assert fsync_older_logs(tmp_path) == []  # only the current log is left
+
+
+def test_sync_fsyncs_the_old_log_that_holds_unsynced_blocks_after_a_log_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks written unsynced, then a switch to a new log: sync() must reach the old one.
+
+    LevelDB fsyncs only its current log on a synced write and leaves the previous one to
+    its memtable flush; the old log is held here by writing the unsynced block right
+    before the memtable fills, so the sync's own write starts the new log.
+    """
+    path = tmp_path / "ledger.db"
+    with open_test_store(path) as created:
+        tip = created.tip()
+    store = BlockStore.open(path, StoreMemoryLimits(write_buffer_mb=1))
+    try:
+        logs_before = sorted(path.glob("*.log"))
+        assert len(logs_before) == 1
+        # Fill the memtable past 1 MB with unsynced writes; the last is a real block.
+        store.db.put(b"fill/0", bytes(1_100_000), sync=False)
+        block = append_next(store, 3, sync=False)
+        synced = _recording_fsync(monkeypatch)
+        store.sync()
+        logs_after = sorted(p.name for p in path.glob("*.log"))
+        assert logs_after[-1] != logs_before[0].name  # the sync's write started a new log
+        # The old log (the block's) was fsynced, unless its flush had already made a
+        # synced table of it and deleted it.
+        assert logs_before[0].name in synced or logs_before[0].name not in logs_after
+        assert store.db.get(SYNC_MARK_KEY) == b""
+        assert store.tip()[0] == tip[0] + 1 and store.tip()[1] == block.hash
+    finally:
+        store.close()
+    with BlockStore.open(path) as reopened:
+        assert reopened.tip()[1] == block.hash
+        assert reopened.db.get(TIP_KEY) is not None
