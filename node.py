@@ -80,6 +80,7 @@ from ledger.mempool import Mempool, MempoolLimits
 from ledger.quorum import fault_tolerance
 from ledger.record_log import RecordLog, RecordWrite
 from ledger.sequences import CommittedSequences
+from ledger.signature_process import SignatureProcess
 from ledger.state import StateFormatError, WorldState
 from ledger.store import STORE_LIMIT_RANGES, BlockStore, StoreError, StoreMemoryLimits
 from ledger.tx import Tx, TxError
@@ -102,6 +103,9 @@ FETCH_SEQS_MAX = 32
 RUN_BLOCKS_MAX = 64  # committed blocks executed back to back with one fsync
 RUN_SLICE_TXS = 128  # a run yields to the event loop after about this many txs
 FETCH_AHEAD_SEQS_MAX = 3 * FETCH_SEQS_MAX  # fetched seqs waiting for execution, at most
+# A peer a fetch range or more ahead starts the signature process (see
+# ledger.signature_process); a node a few blocks behind in normal running needs none.
+SIGNATURE_PROCESS_BEHIND_SEQS = FETCH_SEQS_MAX
 FETCH_BYTES_MAX = 6 * 1024 * 1024
 TIP_INTERVAL_S = 1.0
 STARTUP_GRACE_S = 2.5 * TIP_INTERVAL_S  # long enough to hear every peer's tip
@@ -279,6 +283,9 @@ class Node:
         self.sequences = CommittedSequences(self.store, self.genesis.hash)
         # Before the replica: its config's `verify` answers from this verifier's cache.
         self.verifier = TxVerifier(self.chain_id)
+        # Started once a peer is far ahead; the verifier sends a catch-up's checks there.
+        self.signature_process = SignatureProcess()
+        self.verifier.process = self.signature_process
         self._finish_epoch_switch()
         for retired in self.epochs.all()[:-1]:  # a retired set's votes are never needed again
             old_log = RecordLog(self.store.db, records_prefix(retired.number))
@@ -516,6 +523,10 @@ class Node:
             # Transactions this node has decoded and signature-checked since it started
             # (cache answers not counted): about one per committed tx when the cache works.
             "signatures_checked": self.verifier.checked,
+            # The child process that checks a catch-up's signatures: idle until a peer was
+            # far ahead, then ready (or broken, and the verify threads do it); what it did.
+            "signature_process": {"state": self.signature_process.state,
+                                  "checked": self.signature_process.checked},
             # Objects settle_heap() took out of garbage collection (0 before it ran).
             "gc_frozen_objects": self.gc_frozen_objects,
             "evidence": len(self.evidence),
@@ -759,9 +770,10 @@ class Node:
         for start in range(0, len(batch), FORWARD_BATCH_TXS_MAX):
             self.p2p.broadcast({"k": "txs", "txs": batch[start:start + FORWARD_BATCH_TXS_MAX]})
 
-    async def _verify(self, raws: Sequence[bytes]) -> list[Tx | TxError]:
+    async def _verify(self, raws: Sequence[bytes], *, bulk: bool = False
+                      ) -> list[Tx | TxError]:
         """Decode+verify a block's txs; those this node already checked are not redone."""
-        return await self.verifier.verify_many(raws)
+        return await self.verifier.verify_many(raws, bulk=bulk)
 
     # -- the application jobs (build, validate, execute), one at a time ------------------
     async def _job_worker(self) -> None:
@@ -933,7 +945,7 @@ class Node:
                       f"committed payload of seq {action.seq} does not match its digest")
             assert block is not None
             blocks.append(block)
-        checked = await self._verify([raw for block in blocks for raw in block.txs])
+        checked = await self._verify([raw for block in blocks for raw in block.txs], bulk=True)
         items: list[CertifiedBlock] = []
         bad: str | None = None
         position = 0
@@ -1091,6 +1103,8 @@ class Node:
         if type(seq) is not int or seq < 0:
             raise MessageError("tip needs a sequence number")
         self._peer_seq[peer] = seq
+        if seq - self.executed_seq >= SIGNATURE_PROCESS_BEHIND_SEQS and self.replica is not None:
+            self.signature_process.start()  # once; a node this far behind has a sync ahead
         now = time.monotonic()
         issued = self._issued_seq()
         if seq > issued and now - self._last_catch_up_s >= CATCH_UP_INTERVAL_S \
@@ -1222,7 +1236,8 @@ class Node:
             if block is not None:
                 raws.extend(block.txs)
         if raws:
-            task = asyncio.get_running_loop().create_task(self.verifier.verify_many(raws))
+            task = asyncio.get_running_loop().create_task(
+                self.verifier.verify_many(raws, bulk=True))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -1330,6 +1345,7 @@ class Node:
                 handle.cancel()
             await rpc.stop()
             await self.p2p.close()
+            self.signature_process.close()
             self.verifier.close()
             self._record_writer.shutdown(wait=True)  # no write may outlive the store
             self.store.close()

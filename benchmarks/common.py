@@ -8,6 +8,7 @@ optional family mix) so that signing is never inside a measured window.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -237,12 +238,18 @@ class Network:
             raise NetworkError(f"nodes not connected in time: {pending}")
 
     def node_cpu_s(self) -> list[float]:
-        """CPU seconds (user + system) each node process has used so far."""
+        """CPU seconds (user + system) each node has used so far, with its children (the
+        signature process a node starts to catch up), running or reaped."""
         seconds = []
         for proc in self.nodes:
             try:
                 times = proc.cpu_times()
-                seconds.append(times.user + times.system)
+                used = times.user + times.system + times.children_user + times.children_system
+                for child in proc.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):  # it may end meanwhile
+                        child_times = child.cpu_times()
+                        used += child_times.user + child_times.system
+                seconds.append(used)
             except psutil.Error:
                 seconds.append(float("nan"))
         return seconds

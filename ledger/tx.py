@@ -205,11 +205,23 @@ def signed_message(tx: Tx) -> bytes:
     return signing_payload("tx", tx.chain_id, tx.unsigned_body())
 
 
+def bad_signature() -> TxError:
+    return TxError("bad_signature", "the signature does not match the sender's key")
+
+
 def check_signature(tx: Tx) -> TxError | None:
     message = signed_message(tx)
     if not verify(tx.sender, message, tx.signature):
-        return TxError("bad_signature", "the signature does not match the sender's key")
+        return bad_signature()
     return None
+
+
+def decode_for_chain(data: bytes, chain_id: str, tx_hash: bytes | None = None) -> Tx | TxError:
+    """decode_tx, and refuse a tx for another chain; the signature is NOT checked."""
+    tx = decode_tx(data, tx_hash)
+    if isinstance(tx, Tx) and tx.chain_id != chain_id:
+        return TxError("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
+    return tx
 
 
 def decode_and_verify(data: bytes, chain_id: str, tx_hash: bytes | None = None) -> Tx | TxError:
@@ -217,10 +229,8 @@ def decode_and_verify(data: bytes, chain_id: str, tx_hash: bytes | None = None) 
 
     `tx_hash`, when the caller already has it, must be sha256(data).
     """
-    tx = decode_tx(data, tx_hash)
+    tx = decode_for_chain(data, chain_id, tx_hash)
     if isinstance(tx, TxError):
         return tx
-    if tx.chain_id != chain_id:
-        return TxError("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
     problem = check_signature(tx)
     return problem if problem is not None else tx

@@ -9,11 +9,17 @@ the hand-off to a thread and the GIL going back and forth cost more than the che
 The same pool checks the commit certificates of a fetched catch-up range
 (verify_signatures), recording the good signatures in `signatures`, whose `verify` the
 replica is given: its own check of those certificates then runs no Ed25519 on the loop.
+
+Bulk work (a catch-up's txs, `verify_many(..., bulk=True)`, and its certificates) goes to
+a child process instead when the node has started one (`process`, see
+ledger.signature_process): the loop decodes the txs and the child runs Ed25519 with its
+own GIL. Until the child answers, and if it dies, the threads do that work as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +28,15 @@ from typing import cast
 from ledger.crypto import sha256
 from ledger.crypto import verify as ed25519_verify
 from ledger.signature_cache import Triple, VerifiedSignatures, Verify
-from ledger.tx import Tx, TxError, decode_and_verify
+from ledger.signature_process import SignatureProcess, SignatureProcessError
+from ledger.tx import (
+    Tx,
+    TxError,
+    bad_signature,
+    decode_and_verify,
+    decode_for_chain,
+    signed_message,
+)
 
 CHUNK_TXS = 128
 VERIFY_THREADS = 2  # one per core of the machines we measure on
@@ -39,6 +53,9 @@ INLINE_SIGNATURES_MAX = 16
 # A large signature batch is split in one chunk per thread (the caller waits for all of
 # it), but no chunk holds a thread longer than ~12 ms, so tx checks queued behind get in.
 CHUNK_SIGNATURES_MAX = 128
+# Bulk txs go to the signature process in requests of at most this many, so its answers
+# stream back while the loop decodes the rest.
+PROCESS_CHUNK_TXS = 256
 
 
 class TxVerifier:
@@ -64,6 +81,9 @@ class TxVerifier:
         self.verified_max = 200_000
         self._in_flight: dict[bytes, asyncio.Future[Tx | TxError]] = {}
         self.checked = 0  # txs decoded and signature-checked so far (not cache answers)
+        # The child process for bulk checks, when the node started one (see the module doc).
+        self.process: SignatureProcess | None = None
+        self._offloads: set[asyncio.Task[None]] = set()
 
     def _check_chunk(self, chunk: list[tuple[bytes, bytes, asyncio.Future[Tx | TxError]]]
                      ) -> list[Tx | TxError]:
@@ -108,24 +128,74 @@ class TxVerifier:
         return future
 
     async def verify_many(self, raws: Sequence[bytes],
-                          tx_hashes: Sequence[bytes] | None = None) -> list[Tx | TxError]:
+                          tx_hashes: Sequence[bytes] | None = None, *,
+                          bulk: bool = False) -> list[Tx | TxError]:
         """verify() of each raw, in order. A proposal's txs are mostly known already
         (gossiped first): those are answered from the cache without a future each.
-        `tx_hashes`, when the caller has them, are the sha256 of each raw."""
+        `tx_hashes`, when the caller has them, are the sha256 of each raw. `bulk` (a
+        catch-up's txs) sends the signature checks to the child process when it runs."""
         hashes = [sha256(raw) for raw in raws] if tx_hashes is None else tx_hashes
         results: list[Tx | TxError | None] = []
         waiting: list[tuple[int, asyncio.Future[Tx | TxError]]] = []
         verified = self._verified
+        offload = bulk and self.process is not None and self.process.ready
+        offloaded: list[tuple[bytes, bytes]] = []
         for index, (raw, tx_hash) in enumerate(zip(raws, hashes, strict=True)):
             cached = verified.get(tx_hash)
             if cached is None:
-                waiting.append((index, self.verify(raw, tx_hash)))
+                future = self._in_flight.get(tx_hash) if offload else None
+                if future is None and offload:
+                    future = asyncio.get_running_loop().create_future()
+                    self._in_flight[tx_hash] = future
+                    offloaded.append((raw, tx_hash))
+                waiting.append((index, future if future is not None
+                                else self.verify(raw, tx_hash)))
             results.append(cached)
+        if offloaded:
+            self._offload(offloaded)
         if waiting:
             checked = await asyncio.gather(*(future for _, future in waiting))
             for (index, _), result in zip(waiting, checked, strict=True):
                 results[index] = result
         return cast(list[Tx | TxError], results)  # every None was filled above
+
+    def _offload(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """Decode `entries` here and have the child check their signatures; each entry's
+        future is in _in_flight and is answered by _settle."""
+        chain_id = self.chain_id
+        decoded: list[Tx] = []
+        for raw, tx_hash in entries:
+            tx = decode_for_chain(raw, chain_id, tx_hash)
+            if isinstance(tx, TxError):
+                self.checked += 1
+                self._settle(tx_hash, tx)
+            else:
+                decoded.append(tx)
+        for start in range(0, len(decoded), PROCESS_CHUNK_TXS):
+            task = asyncio.get_running_loop().create_task(
+                self._check_offloaded(decoded[start:start + PROCESS_CHUNK_TXS]))
+            self._offloads.add(task)
+            task.add_done_callback(self._offloads.discard)
+
+    async def _check_offloaded(self, txs: list[Tx]) -> None:
+        triples = [(tx.sender, signed_message(tx), tx.signature) for tx in txs]
+        try:
+            if self.process is None:
+                raise SignatureProcessError("no signature process")
+            valid = await self.process.check(triples)
+        except SignatureProcessError:
+            valid = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check_signatures, triples)
+        self.checked += len(txs)
+        for tx, ok in zip(txs, valid, strict=True):
+            self._settle(tx.hash, tx if ok else bad_signature())
+
+    def _settle(self, tx_hash: bytes, result: Tx | TxError) -> None:
+        future = self._in_flight.pop(tx_hash, None)
+        if isinstance(result, Tx):
+            self.remember(result)
+        if future is not None and not future.done():
+            future.set_result(result)
 
     async def verify_signatures(self, triples: Sequence[Triple]) -> list[bool]:
         """Whether each (public key, message, signature) is valid, in order; the valid ones
@@ -134,9 +204,14 @@ class TxVerifier:
         cache = self.signatures
         known = [triple in cache for triple in triples]
         todo = [triple for triple, seen in zip(triples, known, strict=True) if not seen]
+        process = self.process
+        checked: list[bool] | None = None
         if len(todo) <= self.inline_signatures_max:
             checked = self._check_signatures(todo)
-        else:
+        elif process is not None and process.ready:
+            with contextlib.suppress(SignatureProcessError):  # then on the threads
+                checked = await process.check(todo)
+        if checked is None:
             loop = asyncio.get_running_loop()
             size = min(CHUNK_SIGNATURES_MAX, -(-len(todo) // self.threads))
             parts = await asyncio.gather(*(
@@ -186,4 +261,6 @@ class TxVerifier:
                 future.set_result(result)
 
     def close(self) -> None:
+        for task in list(self._offloads):
+            task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -75,6 +75,9 @@ def test_wiped_node_resyncs_whole_chain_from_peers_under_load_and_verify_chain_p
     assert final[0] > head[0]
     cluster.assert_same_chain()
     cluster.assert_no_lost_txs()
+    # A node a fetch range behind checks the catch-up's signatures in its child process.
+    checks = victim.status()["signature_process"]
+    assert checks["state"] == "ready" and checks["checked"] > 0, checks
 
     # verify-chain reads the store offline, so stop the node cleanly first.
     assert victim.stop() == 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 
 from ledger.crypto import KeyPair
+from ledger.signature_process import SignatureProcess
 from ledger.tx import Tx, TxError, sign_tx
 from ledger.tx_verifier import TxVerifier
 
@@ -126,6 +129,108 @@ def test_a_small_flush_is_checked_on_the_loop_thread_and_a_large_one_on_the_pool
             assert len(ran_on) == 2 and ran_on[1].startswith("verify")
             assert verifier.checked == 14
         finally:
+            verifier.close()
+
+    asyncio.run(scenario())
+
+
+# -- bulk checks in the signature process -------------------------------------------------
+
+
+def _mixed_raws() -> list[bytes]:
+    """Good txs, a forged signature, another chain's tx, a duplicate and undecodable bytes."""
+    good = [sign_tx(KeyPair.generate(), CHAIN, "identity", "register", 0, {})
+            for _ in range(300)]
+    forged = bytearray(good[7].raw)
+    forged[-1] ^= 1
+    other_chain = sign_tx(KeyPair.generate(), "other", "identity", "register", 0, {})
+    return ([tx.raw for tx in good[:100]] + [bytes(forged), other_chain.raw, good[3].raw,
+                                               b"\x93junk"] + [tx.raw for tx in good[100:]])
+
+
+def _outcome(result: Tx | TxError) -> tuple[str, ...]:
+    if isinstance(result, Tx):
+        return ("tx", result.hash.hex(), result.raw.hex())
+    return ("error", result.code, result.reason)
+
+
+def test_bulk_checks_go_to_the_signature_process_with_the_threads_answers() -> None:
+    async def scenario() -> None:
+        raws = _mixed_raws()
+        on_threads = TxVerifier(CHAIN)
+        bulk = TxVerifier(CHAIN)
+        process = SignatureProcess()
+        bulk.process = process
+        process.start()
+        try:
+            expected = await on_threads.verify_many(raws)
+            got = await bulk.verify_many(raws, bulk=True)
+            assert [_outcome(r) for r in got] == [_outcome(r) for r in expected]
+            assert [r.code for r in got if isinstance(r, TxError)] == [
+                "bad_signature", "wrong_chain", "tx_malformed"]
+            # Every decodable tx of this chain was checked in the child, each once.
+            assert process.checked == 301
+            assert bulk.checked == on_threads.checked == len(raws) - 1
+            good = [r for r in got if isinstance(r, Tx)]
+            assert all(bulk.known(tx.hash) is not None for tx in good)
+            # Known now: asked again they come from the cache, with no new check.
+            again = await bulk.verify_many([tx.raw for tx in good[:50]], bulk=True)
+            assert again == good[:50] and process.checked == 301
+        finally:
+            process.close()
+            on_threads.close()
+            bulk.close()
+
+    asyncio.run(scenario())
+
+
+def test_bulk_checks_fall_back_to_the_threads_when_the_process_is_gone() -> None:
+    async def scenario() -> None:
+        raws = _mixed_raws()
+        verifier = TxVerifier(CHAIN)
+        reference = TxVerifier(CHAIN)
+        process = SignatureProcess()
+        verifier.process = process
+        process.start()
+        try:
+            expected = [_outcome(r) for r in await reference.verify_many(raws)]
+            child = process._child
+            assert child is not None
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            # The answers still come, from the threads, whenever the death is noticed.
+            got = await asyncio.wait_for(verifier.verify_many(raws, bulk=True), 30)
+            assert [_outcome(r) for r in got] == expected
+            assert process.state == "broken"
+        finally:
+            process.close()
+            reference.close()
+            verifier.close()
+
+    asyncio.run(scenario())
+
+
+def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_recorded() -> None:
+    async def scenario() -> None:
+        key = KeyPair.generate()
+        triples = []
+        for index in range(40):
+            message = f"commit {index}".encode()
+            signature = key.sign(message)
+            if index == 13:
+                signature = bytes([signature[0] ^ 1]) + signature[1:]
+            triples.append((key.public_key, message, signature))
+        verifier = TxVerifier(CHAIN)
+        process = SignatureProcess()
+        verifier.process = process
+        process.start()
+        try:
+            answers = await verifier.verify_signatures(triples)
+            assert answers == [index != 13 for index in range(40)]
+            assert process.checked == 40 and verifier.signatures_checked == 40
+            assert triples[0] in verifier.signatures and triples[13] not in verifier.signatures
+        finally:
+            process.close()
             verifier.close()
 
     asyncio.run(scenario())
