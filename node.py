@@ -84,7 +84,7 @@ from ledger.signature_process import SignatureProcess
 from ledger.state import StateFormatError, WorldState
 from ledger.store import STORE_LIMIT_RANGES, BlockStore, StoreError, StoreMemoryLimits
 from ledger.tx import Tx, TxError
-from ledger.tx_verifier import TxVerifier
+from ledger.tx_verifier import VERIFY_THREADS, TxVerifier
 from ledger.verify import VerifyReport, verify_chain, verify_epochs
 from p2p import PeerNetwork
 from p2p.config import PeerConfigError, parse_address
@@ -147,6 +147,9 @@ class NodeConfig:
     # LevelDB's memory (ledger.store.StoreMemoryLimits): block cache and open tables.
     store_cache_mb: int = 8
     store_open_files_max: int = 256
+    # Threads checking tx signatures beside the event loop; 0 checks them on the loop.
+    # `genesis init` writes 0: its nodes share one machine, whose cores are busy anyway.
+    verify_threads: int = VERIFY_THREADS
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -197,6 +200,7 @@ _NUMERIC_SETTINGS: tuple[tuple[str, float, float], ...] = (
     ("tx_wait_timeout_s", 0.1, 3600),
     ("store_cache_mb", *STORE_LIMIT_RANGES["block_cache_mb"]),
     ("store_open_files_max", *STORE_LIMIT_RANGES["open_files_max"]),
+    ("verify_threads", 0, 64),
 )
 
 
@@ -282,7 +286,7 @@ class Node:
         self._writing = False
         self.sequences = CommittedSequences(self.store, self.genesis.hash)
         # Before the replica: its config's `verify` answers from this verifier's cache.
-        self.verifier = TxVerifier(self.chain_id)
+        self.verifier = TxVerifier(self.chain_id, threads=self.config.verify_threads)
         # Started once a peer is far ahead; the verifier sends a catch-up's checks there.
         self.signature_process = SignatureProcess()
         self.verifier.process = self.signature_process

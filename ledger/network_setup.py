@@ -144,6 +144,9 @@ def init_network(
                 "node_name": agency_name(i),
                 "p2p_listen": f"{host}:{p2p_base_port + i}",
                 "rpc_listen": f"{host}:{rpc_base_port + i}",
+                # Every node of this layout runs on one machine: threads beside each
+                # node's event loop would only compete for the same cores (docs/OPERATIONS).
+                "verify_threads": 0,
             },
         )
         homes.append(home)

@@ -39,7 +39,7 @@ from ledger.tx import (
 )
 
 CHUNK_TXS = 128
-VERIFY_THREADS = 2  # one per core of the machines we measure on
+VERIFY_THREADS = 2  # a node alone on a 2-core machine: one per core
 # A flush of at most this many txs is checked on the calling (event loop) thread: handing
 # a few txs to the pool costs more than checking them (a thread wake-up, and the GIL taken
 # back and forth with the loop), and the loop is held for at most ~10 ms. Larger flushes
@@ -67,7 +67,10 @@ class TxVerifier:
         self.inline_txs_max = inline_txs_max
         self.inline_signatures_max = inline_signatures_max
         self.threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
+        # No threads (threads=0): every check runs on the calling thread. Several nodes
+        # sharing a machine's cores gain nothing from them and pay for the hand-offs.
+        self._pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
+                      if threads > 0 else None)
         # Signatures verified by verify_signatures, answered once each by signatures.verify
         # (which falls back to `verify` for anything else).
         self.signatures = VerifiedSignatures(verify)
@@ -184,8 +187,11 @@ class TxVerifier:
                 raise SignatureProcessError("no signature process")
             valid = await self.process.check(triples)
         except SignatureProcessError:
-            valid = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._check_signatures, triples)
+            if self._pool is None:
+                valid = self._check_signatures(triples)
+            else:
+                valid = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._check_signatures, triples)
         self.checked += len(txs)
         for tx, ok in zip(txs, valid, strict=True):
             self._settle(tx.hash, tx if ok else bad_signature())
@@ -206,12 +212,13 @@ class TxVerifier:
         todo = [triple for triple, seen in zip(triples, known, strict=True) if not seen]
         process = self.process
         checked: list[bool] | None = None
-        if len(todo) <= self.inline_signatures_max:
+        if len(todo) <= self.inline_signatures_max or self._pool is None:
             checked = self._check_signatures(todo)
         elif process is not None and process.ready:
             with contextlib.suppress(SignatureProcessError):  # then on the threads
                 checked = await process.check(todo)
         if checked is None:
+            assert self._pool is not None  # no pool: checked inline above
             loop = asyncio.get_running_loop()
             size = min(CHUNK_SIGNATURES_MAX, -(-len(todo) // self.threads))
             parts = await asyncio.gather(*(
@@ -231,7 +238,7 @@ class TxVerifier:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        if len(pending) <= self.inline_txs_max:
+        if len(pending) <= self.inline_txs_max or self._pool is None:
             self._deliver_results(pending, self._check_chunk(pending))
             return
         loop = asyncio.get_running_loop()
@@ -263,4 +270,5 @@ class TxVerifier:
     def close(self) -> None:
         for task in list(self._offloads):
             task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

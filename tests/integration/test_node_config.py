@@ -11,7 +11,7 @@ import pytest
 from ledger.network_setup import init_network
 from ledger.state import ROOT_KEY
 from ledger.store import BlockStore, StoreMemoryLimits
-from node import Node, NodeError
+from node import Node, NodeConfig, NodeError
 
 
 def _home_with(tmp_path: Path, **settings: object) -> Path:
@@ -26,6 +26,8 @@ def _home_with(tmp_path: Path, **settings: object) -> Path:
     ({"store_cache_mb": 0}, "store_cache_mb must be an integer in 1..4096"),
     ({"store_cache_mb": "64"}, "store_cache_mb must be an integer"),
     ({"store_open_files_max": 4}, "store_open_files_max must be an integer in 32..65536"),
+    ({"verify_threads": -1}, "verify_threads must be an integer in 0..64"),
+    ({"verify_threads": 1.0}, "verify_threads must be an integer"),
     ({"store_cache_size": 8}, "unknown settings ['store_cache_size']"),
     ({"mempool_txs_max": True}, "mempool_txs_max must be an integer"),
     ({"mempool_txs_max": "100000"}, "mempool_txs_max must be an integer"),
@@ -60,6 +62,17 @@ def test_store_settings_reach_the_store(
     node = open_node(home)
     assert opened == [StoreMemoryLimits(block_cache_mb=16, open_files_max=64)]
     assert node.store.tip()[0] == 0  # opened with those limits and initialised with genesis
+
+
+def test_genesis_init_homes_check_on_the_loop_and_a_lone_node_defaults_to_threads(
+        tmp_path: Path, open_node: Callable[[Path], Node]) -> None:
+    home = _home_with(tmp_path)
+    assert json.loads((home / "config.json").read_text())["verify_threads"] == 0
+    assert open_node(home).verifier.threads == 0
+    config = json.loads((home / "config.json").read_text())
+    del config["verify_threads"]
+    (home / "config.json").write_text(json.dumps(config))
+    assert NodeConfig.load(home / "config.json").verify_threads == 2
 
 
 def test_a_data_dir_of_another_state_format_stops_the_node_with_a_clear_error(

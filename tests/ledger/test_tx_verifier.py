@@ -234,3 +234,42 @@ def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_reco
             verifier.close()
 
     asyncio.run(scenario())
+
+
+def test_with_no_threads_every_check_runs_on_the_calling_thread() -> None:
+    async def scenario() -> None:
+        verifier = TxVerifier(CHAIN, threads=0, inline_txs_max=4, inline_signatures_max=2)
+        ran_on: list[str] = []
+        original = verifier._check_chunk
+
+        def recording(chunk: list) -> list[Tx | TxError]:  # type: ignore[type-arg]
+            ran_on.append(threading.current_thread().name)
+            return original(chunk)
+
+        verifier._check_chunk = recording  # type: ignore[method-assign]
+        try:
+            raws = _mixed_raws()
+            expected = TxVerifier(CHAIN)
+            try:
+                want = [_outcome(r) for r in await expected.verify_many(raws)]
+            finally:
+                expected.close()
+            assert [_outcome(r) for r in await verifier.verify_many(raws)] == want
+            assert ran_on == [threading.current_thread().name]  # one flush, far over 4
+            key = KeyPair.generate()
+            triples = [(key.public_key, bytes([i]), key.sign(bytes([i]))) for i in range(10)]
+            triples[4] = (key.public_key, b"forged", triples[4][2])
+            real_signatures = verifier._check_signatures
+
+            def recording_signatures(batch: list) -> list[bool]:  # type: ignore[type-arg]
+                ran_on.append(threading.current_thread().name)
+                return real_signatures(batch)
+
+            verifier._check_signatures = recording_signatures  # type: ignore[method-assign]
+            answers = await verifier.verify_signatures(triples)
+            assert answers == [i != 4 for i in range(10)]
+            assert ran_on == [threading.current_thread().name] * 2  # 10 > 2, still here
+        finally:
+            verifier.close()
+
+    asyncio.run(scenario())
