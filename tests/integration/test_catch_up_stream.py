@@ -56,6 +56,12 @@ class RecordingPeers:
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node, list[KeyPair]]]:
     layout = init_network(tmp_path / "net", 4)
+    for home in layout.homes[:2]:
+        # Nodes with verify threads, as on machines of their own: these tests follow
+        # certificate checks from the loop onto the threads.
+        config = json.loads((home / "config.json").read_text())
+        config["verify_threads"] = 2
+        (home / "config.json").write_text(json.dumps(config))
     keys = [KeyPair.load(home / "node_key.json") for home in layout.homes]
     source, lagging = Node(layout.homes[0]), Node(layout.homes[1])
     try:
