@@ -13,7 +13,8 @@ replica is given: its own check of those certificates then runs no Ed25519 on th
 Bulk work (a catch-up's txs, `verify_many(..., bulk=True)`, and its certificates) goes to
 a child process instead when the node has started one (`process`, see
 ledger.signature_process): the loop decodes the txs and the child runs Ed25519 with its
-own GIL. Until the child answers, and if it dies, the threads do that work as before.
+own GIL. Until the node starts it, and if it dies, the threads (or, with none, the calling
+thread) do that work as before.
 """
 
 from __future__ import annotations
@@ -212,13 +213,14 @@ class TxVerifier:
         todo = [triple for triple, seen in zip(triples, known, strict=True) if not seen]
         process = self.process
         checked: list[bool] | None = None
-        if len(todo) <= self.inline_signatures_max or self._pool is None:
-            checked = self._check_signatures(todo)
-        elif process is not None and process.ready:
-            with contextlib.suppress(SignatureProcessError):  # then on the threads
+        large = len(todo) > self.inline_signatures_max
+        if large and process is not None and process.ready:
+            with contextlib.suppress(SignatureProcessError):  # then here or on the threads
                 checked = await process.check(todo)
+        if checked is None and (not large or self._pool is None):
+            checked = self._check_signatures(todo)
         if checked is None:
-            assert self._pool is not None  # no pool: checked inline above
+            assert self._pool is not None  # without a pool the checks ran just above
             loop = asyncio.get_running_loop()
             size = min(CHUNK_SIGNATURES_MAX, -(-len(todo) // self.threads))
             parts = await asyncio.gather(*(

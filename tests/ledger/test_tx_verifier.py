@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 
+import pytest
+
 from ledger.crypto import KeyPair
 from ledger.signature_process import SignatureProcess
 from ledger.tx import Tx, TxError, sign_tx
@@ -210,7 +212,9 @@ def test_bulk_checks_fall_back_to_the_threads_when_the_process_is_gone() -> None
     asyncio.run(scenario())
 
 
-def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_recorded() -> None:
+@pytest.mark.parametrize("threads", [2, 0])
+def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_recorded(
+        threads: int) -> None:
     async def scenario() -> None:
         key = KeyPair.generate()
         triples = []
@@ -220,7 +224,7 @@ def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_reco
             if index == 13:
                 signature = bytes([signature[0] ^ 1]) + signature[1:]
             triples.append((key.public_key, message, signature))
-        verifier = TxVerifier(CHAIN)
+        verifier = TxVerifier(CHAIN, threads=threads)
         process = SignatureProcess()
         verifier.process = process
         process.start()
