@@ -16,7 +16,7 @@ or died). Multiprocessing's spawn would re-import the node's main module in the 
 a plain subprocess starts in ~40 ms with only ledger.crypto and msgpack loaded.
 
 If the child dies or answers out of shape, `SignatureProcess` turns broken: every waiting
-and later `check` raises SignatureProcessError, and callers check on their threads again.
+and later `check` raises SignatureProcessError, and callers check those signatures themselves.
 
 Two small threads move the bytes (blocking pipe I/O releases the GIL): one writes queued
 requests, so the child always has work waiting; one reads answers and hands each to the
@@ -146,7 +146,7 @@ class SignatureProcess:
             self._break(f"signature process {pid} ended")
 
     def _break(self, reason: str) -> None:
-        log.warning("%s; signatures are checked on the verify threads", reason)
+        log.warning("%s; the node checks signatures itself from now on", reason)
         self.state = "broken"
         self._fail_waiting(reason)
         if self._child is not None and self._child.poll() is None:
