@@ -156,23 +156,36 @@ def _outcome(result: Tx | TxError) -> tuple[str, ...]:
     return ("error", result.code, result.reason)
 
 
+async def _outcomes_on_threads(raws: list[bytes]) -> list[tuple[str, ...]]:
+    """What a plain verifier (verify threads, no process) answers for `raws`."""
+    reference = TxVerifier(CHAIN)
+    try:
+        return [_outcome(r) for r in await reference.verify_many(raws)]
+    finally:
+        reference.close()
+
+
+def _with_process(threads: int = 2) -> tuple[TxVerifier, SignatureProcess]:
+    verifier = TxVerifier(CHAIN, threads=threads)
+    process = SignatureProcess()
+    verifier.process = process
+    process.start()
+    return verifier, process
+
+
 def test_bulk_checks_go_to_the_signature_process_with_the_threads_answers() -> None:
     async def scenario() -> None:
         raws = _mixed_raws()
-        on_threads = TxVerifier(CHAIN)
-        bulk = TxVerifier(CHAIN)
-        process = SignatureProcess()
-        bulk.process = process
-        process.start()
+        bulk, process = _with_process()
         try:
-            expected = await on_threads.verify_many(raws)
+            expected = await _outcomes_on_threads(raws)
             got = await bulk.verify_many(raws, bulk=True)
-            assert [_outcome(r) for r in got] == [_outcome(r) for r in expected]
+            assert [_outcome(r) for r in got] == expected
             assert [r.code for r in got if isinstance(r, TxError)] == [
                 "bad_signature", "wrong_chain", "tx_malformed"]
             # Every decodable tx of this chain was checked in the child, each once.
             assert process.checked == 301
-            assert bulk.checked == on_threads.checked == len(raws) - 1
+            assert bulk.checked == len(raws) - 1  # all but the repeat, as on the threads
             good = [r for r in got if isinstance(r, Tx)]
             assert all(bulk.known(tx.hash) is not None for tx in good)
             # Known now: asked again they come from the cache, with no new check.
@@ -180,7 +193,6 @@ def test_bulk_checks_go_to_the_signature_process_with_the_threads_answers() -> N
             assert again == good[:50] and process.checked == 301
         finally:
             process.close()
-            on_threads.close()
             bulk.close()
 
     asyncio.run(scenario())
@@ -189,13 +201,9 @@ def test_bulk_checks_go_to_the_signature_process_with_the_threads_answers() -> N
 def test_bulk_checks_fall_back_to_the_threads_when_the_process_is_gone() -> None:
     async def scenario() -> None:
         raws = _mixed_raws()
-        verifier = TxVerifier(CHAIN)
-        reference = TxVerifier(CHAIN)
-        process = SignatureProcess()
-        verifier.process = process
-        process.start()
+        verifier, process = _with_process()
         try:
-            expected = [_outcome(r) for r in await reference.verify_many(raws)]
+            expected = await _outcomes_on_threads(raws)
             child = process._child
             assert child is not None
             os.kill(child.pid, signal.SIGKILL)
@@ -206,7 +214,6 @@ def test_bulk_checks_fall_back_to_the_threads_when_the_process_is_gone() -> None
             assert process.state == "broken"
         finally:
             process.close()
-            reference.close()
             verifier.close()
 
     asyncio.run(scenario())
@@ -224,10 +231,7 @@ def test_certificate_batches_go_to_the_process_and_only_good_signatures_are_reco
             if index == 13:
                 signature = bytes([signature[0] ^ 1]) + signature[1:]
             triples.append((key.public_key, message, signature))
-        verifier = TxVerifier(CHAIN, threads=threads)
-        process = SignatureProcess()
-        verifier.process = process
-        process.start()
+        verifier, process = _with_process(threads)
         try:
             answers = await verifier.verify_signatures(triples)
             assert answers == [index != 13 for index in range(40)]
@@ -253,11 +257,7 @@ def test_with_no_threads_every_check_runs_on_the_calling_thread() -> None:
         verifier._check_chunk = recording  # type: ignore[method-assign]
         try:
             raws = _mixed_raws()
-            expected = TxVerifier(CHAIN)
-            try:
-                want = [_outcome(r) for r in await expected.verify_many(raws)]
-            finally:
-                expected.close()
+            want = await _outcomes_on_threads(raws)
             assert [_outcome(r) for r in await verifier.verify_many(raws)] == want
             assert ran_on == [threading.current_thread().name]  # one flush, far over 4
             key = KeyPair.generate()
