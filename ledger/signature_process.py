@@ -103,7 +103,7 @@ class SignatureProcess:
             return []
         if self.state != "ready" or self._loop is None:
             raise SignatureProcessError(f"the signature process is {self.state}")
-        body = msgpack.packb([list(triple) for triple in triples], use_bin_type=True)
+        body = msgpack.packb(list(triples), use_bin_type=True)  # tuples pack as arrays
         if len(body) > REQUEST_BYTES_MAX:
             raise SignatureProcessError(f"a request of {len(body)} bytes is too large")
         future: asyncio.Future[list[bool]] = self._loop.create_future()
