@@ -9,6 +9,7 @@ import os
 import signal
 import struct
 import sys
+from collections.abc import Collection
 
 import msgpack
 import pytest
@@ -23,7 +24,7 @@ from ledger.signature_process import (
 )
 
 
-def _triples(count: int, forged: set[int] = frozenset()) -> list[Triple]:  # type: ignore[assignment]
+def _triples(count: int, forged: Collection[int] = ()) -> list[Triple]:
     key = KeyPair.generate()
     out: list[Triple] = []
     for index in range(count):
@@ -127,7 +128,7 @@ def _run_worker(monkeypatch: pytest.MonkeyPatch, stdin: bytes) -> tuple[int, byt
 
 
 def _request(triples: list[Triple]) -> bytes:
-    body = msgpack.packb([list(t) for t in triples], use_bin_type=True)
+    body: bytes = msgpack.packb(triples, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 
