@@ -8,7 +8,7 @@ The replica (consensus/) decides; this module performs what it asks, in order:
                order (a block is executed once: when built or validated; Execute writes it)
   SetTimer  -> loop.call_later, fed back as TimerFired
   Fetch     -> block requests to peers, answers verified by the replica and the Chain
-               (their certificates' signatures first, on the verify pool, frame by frame)
+               (their certificates' signatures first, off the loop, frame by frame)
 Transactions from clients enter the mempool (signature checked once per node) and are
 gossiped to every validator; committed ones wake the RPC callers waiting for them.
 """
@@ -385,7 +385,7 @@ class Node:
             signer=self.key,
             digest_of=self._digest_of,
             requests_in=self._requests_in,
-            # A fetched range's certificates were verified on the pool (_on_fetched): the
+            # A fetched range's certificates were verified off the loop (_on_fetched): the
             # replica's check of them finds them there instead of running Ed25519 again.
             verify=self.verifier.signatures.verify,
             checkpoint_interval_seqs=params.checkpoint_interval_blocks,
@@ -528,7 +528,7 @@ class Node:
             # (cache answers not counted): about one per committed tx when the cache works.
             "signatures_checked": self.verifier.checked,
             # The child process that checks a catch-up's signatures: idle until a peer was
-            # far ahead, then ready (or broken, and the verify threads do it); what it did.
+            # far ahead, then ready (or broken: the node checks them itself); what it did.
             "signature_process": {"state": self.signature_process.state,
                                   "checked": self.signature_process.checked},
             # Objects settle_heap() took out of garbage collection (0 before it ran).
@@ -627,10 +627,8 @@ class Node:
             if handle is not None:
                 handle.cancel()
         elif isinstance(action, BuildProposal | ValidateProposal | Execute):
-            # A fetched block's signatures are checked when its run executes, not as soon
-            # as it arrives: checking them on the pool while an earlier run commits made
-            # both slower (the verify threads wait for the GIL the commit holds, and slow
-            # it down when they get it); see benchmarks.limit --catch-up.
+            # One at a time, in order, on the job worker; a fetched block's signatures
+            # were started as its frame was taken (_preverify), its run awaits them.
             self._jobs.put_nowait(action)
         elif isinstance(action, FetchCommitted):
             self._fetch(action)
@@ -931,7 +929,7 @@ class Node:
         """Execute consecutive committed blocks (a catch-up run) with one fsync.
 
         Consensus checked each certificate and that the payload hashes to its digest
-        before asking; here every tx signature (in parallel on the verify pool) and every
+        before asking; here every tx signature (off the loop, see _preverify) and every
         header and hash link (Chain) is checked before that block is written. Executed is
         reported only once the whole run is durable.
 
@@ -982,7 +980,7 @@ class Node:
                 if epoch is not None or epoch_problem is not None:
                     run = run[:len(committed)]
                     break
-            # Let the loop read the next fetched range and hand its txs to the verify pool
+            # Let the loop read the next fetched range and send its txs to be checked
             # while this run goes on: a run holds the loop for ~20 ms per 100 txs, and a
             # fetched range arrives in many reads, each one a loop iteration.
             await asyncio.sleep(0)
@@ -1124,7 +1122,7 @@ class Node:
         return self.replica.last_issued if self.replica is not None else self.executed_seq
 
     def _on_fetched(self, peer: bytes, items: Any) -> None:
-        """Queue a fetched frame for its certificates' check on the verify pool.
+        """Queue a fetched frame for its certificates' check off the loop.
 
         Malformed frames raise here (the peer's frame is dropped and logged as any bad
         frame); good ones are taken by one consumer task, frame after frame in arrival
@@ -1149,7 +1147,7 @@ class Node:
         self._fetched_waiting[peer] = waiting + 1
         self._fetched.append((peer, frame))
         # Ask for the next range now, not once this frame's certificates are checked: that
-        # check waits for the verify pool and for the loop turns a catch-up run gives out
+        # check waits for the verifier and for the loop turns a catch-up run gives out
         # only between its slices, and a stream that waited for it kept about one range
         # ahead of execution (runs of ~32 blocks; ~41 since, S11). A frame that does not
         # extend the queued range (a repeat from another peer) asks nothing.
@@ -1198,9 +1196,10 @@ class Node:
             log.error("fetched-frame consumer failed", exc_info=task.exception())
 
     async def _verify_certificates(self, frame: list[FetchedItem]) -> None:
-        """Verify, in one batch on the verify pool, the commit signatures the replica will
-        check when `frame` is fed: its check then answers from the verifier's cache
-        instead of running Ed25519 on this thread (~0.3 ms a certificate)."""
+        """Verify in one batch, off the loop where the node can (the signature process,
+        else the verify pool), the commit signatures the replica will check when `frame`
+        is fed: its check then answers from the verifier's cache (~0.3 ms a certificate
+        of Ed25519 saved on this thread)."""
         replica = self.replica
         if replica is None or self.halted:
             return  # a follower's Chain checks each certificate itself (_follow)
@@ -1226,7 +1225,7 @@ class Node:
             self._preverify(fed)
 
     def _preverify(self, fed: list[tuple[int, bytes]]) -> None:
-        """Start checking the signatures of fetched blocks a quorum certified, on the pool,
+        """Start checking the signatures of fetched blocks a quorum certified, off the loop,
         while earlier runs execute on this thread: their run finds them checked."""
         if self.replica is None:
             return

@@ -266,8 +266,9 @@ class BlockStore:
         still atomic and ordered (a process crash loses at most a suffix of such blocks,
         never part of one; a power loss before `sync()` may also lose blocks written
         before a switch of LevelDB's log and keep later ones), and the caller makes the
-        run durable with `sync()` before it tells anyone the blocks are executed. `tx_hashes`, when the caller has them, are the
-        SHA-256 of each of the block's txs (the chain's decoded txs carry them).
+        run durable with `sync()` before it tells anyone the blocks are executed.
+        `tx_hashes`, when the caller has them, are the SHA-256 of each of the block's txs
+        (the chain's decoded txs carry them).
         `accepted` says which receipts accept their tx: those txs are indexed here whatever
         an earlier block held; the others only if no block held them before (one read
         each). Without it every tx is treated as rejected.

@@ -142,7 +142,8 @@ class TxVerifier:
         results: list[Tx | TxError | None] = []
         waiting: list[tuple[int, asyncio.Future[Tx | TxError]]] = []
         verified = self._verified
-        offload = bulk and self.process is not None and self.process.ready
+        process = self.process
+        offload = bulk and process is not None and process.ready
         offloaded: list[tuple[bytes, bytes]] = []
         for index, (raw, tx_hash) in enumerate(zip(raws, hashes, strict=True)):
             cached = verified.get(tx_hash)
@@ -156,15 +157,16 @@ class TxVerifier:
                                 else self.verify(raw, tx_hash)))
             results.append(cached)
         if offloaded:
-            self._offload(offloaded)
+            assert process is not None  # offloaded only when it is ready
+            self._offload(process, offloaded)
         if waiting:
             checked = await asyncio.gather(*(future for _, future in waiting))
             for (index, _), result in zip(waiting, checked, strict=True):
                 results[index] = result
         return cast(list[Tx | TxError], results)  # every None was filled above
 
-    def _offload(self, entries: list[tuple[bytes, bytes]]) -> None:
-        """Decode `entries` here and have the child check their signatures; each entry's
+    def _offload(self, process: SignatureProcess, entries: list[tuple[bytes, bytes]]) -> None:
+        """Decode `entries` here and have `process` check their signatures; each entry's
         future is in _in_flight and is answered by _settle."""
         chain_id = self.chain_id
         decoded: list[Tx] = []
@@ -177,16 +179,14 @@ class TxVerifier:
                 decoded.append(tx)
         for start in range(0, len(decoded), PROCESS_CHUNK_TXS):
             task = asyncio.get_running_loop().create_task(
-                self._check_offloaded(decoded[start:start + PROCESS_CHUNK_TXS]))
+                self._check_offloaded(process, decoded[start:start + PROCESS_CHUNK_TXS]))
             self._offloads.add(task)
             task.add_done_callback(self._offloads.discard)
 
-    async def _check_offloaded(self, txs: list[Tx]) -> None:
+    async def _check_offloaded(self, process: SignatureProcess, txs: list[Tx]) -> None:
         triples = [(tx.sender, signed_message(tx), tx.signature) for tx in txs]
         try:
-            if self.process is None:
-                raise SignatureProcessError("no signature process")
-            valid = await self.process.check(triples)
+            valid = await process.check(triples)
         except SignatureProcessError:
             if self._pool is None:
                 valid = self._check_signatures(triples)
